@@ -1,0 +1,65 @@
+"""Experiment tracking shared by every app: W&B that goes offline by itself, and the full config."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from urllib.parse import urlparse
+
+import yaml
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import loggers
+from lightning.pytorch.cli import SaveConfigCallback
+
+
+def wandb_credentials() -> bool:
+    """Whether W&B could log in: an API key in the environment or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class WandbLogger(loggers.WandbLogger):
+    """Lightning's W&B logger, offline unless credentials are found, so it never prompts or waits.
+
+    Args:
+        project: W&B project name.
+        save_dir: Folder under which W&B writes ``wandb/<run>``.
+        name: Display name of the run (W&B picks one if unset).
+        offline: ``None`` decides from credentials; ``WANDB_MODE`` in the environment wins over both.
+        log_model: Upload checkpoints as W&B artifacts (online runs).
+        tags: Tags of the run.
+    """
+
+    def __init__(
+        self,
+        project: str = "lightning-apps",
+        save_dir: str = "runs",
+        name: str | None = None,
+        offline: bool | None = None,
+        log_model: bool = False,
+        tags: list[str] | None = None,
+    ) -> None:
+        if offline is None:
+            offline = not os.environ.get("WANDB_MODE") and not wandb_credentials()
+        super().__init__(
+            project=project, save_dir=save_dir, name=name, offline=offline, log_model=log_model, tags=tags
+        )
+
+    @property
+    def run_dir(self) -> str:
+        """The run's folder, the one ``wandb sync`` takes."""
+        return os.path.dirname(self.experiment.dir)
+
+
+class LoggedConfig(SaveConfigCallback):
+    """Writes ``config.yaml`` into the run folder and records the full resolved config in every logger."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})

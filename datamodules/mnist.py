@@ -1,0 +1,279 @@
+"""MNIST as uint8 tensors, with scikit-learn's handwritten digits as the offline fallback.
+
+    python -m apps.mnist fit --data.dataset=auto|mnist|digits --data.data_dir=data
+
+Images stay uint8 ``(N, 28, 28)`` tensors in memory; a batch is sliced out with one indexing
+operation, and normalisation and augmentation run batched, on the batch's device, in
+``on_after_batch_transfer``. Nothing on the training path goes through PIL.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_image_file, read_label_file
+
+from datamodules.sources import (
+    DataError,
+    announce,
+    network_timeout,
+    reachable,
+    record_source,
+    seeded_split,
+)
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Statistics of the MNIST training images, used for both sources so a checkpoint sees one scale.
+MEAN, STD = 0.1307, 0.3081
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+class TensorBatches(Dataset):
+    """Equal-length tensors indexed together; ``__getitems__`` slices a whole batch at once."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[index] for t in self.tensors)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        index = torch.as_tensor(indices)
+        return tuple(t[index] for t in self.tensors)
+
+
+def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """collate_fn for ``TensorBatches``: the batch is already stacked."""
+    return batch
+
+
+def random_affine(images: torch.Tensor, degrees: float, shift: float, scale: float) -> torch.Tensor:
+    """Rotate, shift and scale each image of a ``(B, C, H, W)`` batch by its own random amount."""
+    b = images.shape[0]
+
+    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+        return torch.empty(b, *shape, device=images.device).uniform_(low, high)
+
+    angle = uniform(-math.radians(degrees), math.radians(degrees))
+    zoom = uniform(1 - scale, 1 + scale)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # affine_grid works in [-1, 1] coordinates, so a shift of `shift` image widths is 2 * shift.
+    offset = uniform(-2 * shift, 2 * shift, 2)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], 1
+    )  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False)
+
+
+def load_digits_28() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 bundled 8x8 digit scans, resized to 20x20 inside a 28x28 frame like MNIST."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div(16).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
+    images = F.interpolate(images, size=(20, 20), mode="bilinear", align_corners=False)
+    images = F.pad(images, (4, 4, 4, 4))  # (N, 1, 28, 28)
+    images = images.squeeze(1).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return images, torch.from_numpy(digits.target).long()
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as a 28x28 uint8 array, white digit on black like MNIST."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            gray = np.asarray(image.convert("L").resize((28, 28), Image.Resampling.BILINEAR))
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise DataError(f"{path}: unreadable image ({err})") from None
+    # A light border means a dark digit on a light page: invert it to MNIST's polarity.
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return 255 - gray if border.mean() > 127 else gray
+
+
+def read_predict_inputs(path: Path) -> tuple[torch.Tensor, list[str]]:
+    """Images to predict from a folder of PNG/JPEG files (sorted by name) or a ``.npy`` array."""
+    if not path.exists():
+        raise DataError(f"--data.predict_path {path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"--data.predict_path {path}: no .png, .jpg or .jpeg images in the folder")
+        return torch.from_numpy(np.stack([read_image(f) for f in files])), [f.name for f in files]
+    if path.suffix != ".npy":
+        raise DataError(f"--data.predict_path {path}: expected a folder of images or a .npy array")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable .npy array ({err})") from None
+    if array.ndim < 2 or array.shape[-2:] != (28, 28):
+        raise DataError(f"{path}: expected images of shape (N, 28, 28), got {array.shape}")
+    array = array.reshape(-1, 28, 28)
+    if array.dtype != np.uint8:  # floats in [0, 1]
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    return torch.from_numpy(array), [f"{path.name}[{i}]" for i in range(len(array))]
+
+
+class MNISTDataModule(LightningDataModule):
+    """Handwritten digits for classification, real MNIST when it can be had.
+
+    Args:
+        dataset: ``mnist`` (torchvision's MNIST files in ``data_dir``, downloaded if missing),
+            ``digits`` (scikit-learn's bundled scans) or ``auto`` (MNIST if present or
+            downloadable, else digits).
+        data_dir: Folder holding ``MNIST/raw``; downloads go there.
+        val_fraction: Share of the training images held out for validation.
+        test_fraction: Share of the digits held out for testing (MNIST has its own test set).
+        batch_size: Images per batch.
+        augment: Random rotation, shift and zoom of training batches.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        seed: Seed of the train/val/test split.
+        predict_path: Folder of PNG/JPEG images or a ``.npy`` array of 28x28 images, for ``predict``.
+    """
+
+    image_shape = (1, 28, 28)
+    label_names = [str(digit) for digit in range(10)]
+
+    def __init__(
+        self,
+        dataset: Literal["auto", "mnist", "digits"] = "auto",
+        data_dir: str = "data",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        batch_size: int = 128,
+        augment: bool = True,
+        num_workers: int = 0,
+        seed: int = 0,
+        predict_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.splits: dict[str, TensorBatches] = {}
+        self.predict_inputs: list[str] = []
+        self.download_error = ""
+
+    @property
+    def raw_dir(self) -> Path:
+        return Path(self.hparams.data_dir) / "MNIST" / "raw"
+
+    def mnist_present(self) -> bool:
+        """Every MNIST file is in ``raw_dir``, extracted or still gzipped."""
+        names = [name for pair in MNIST_FILES.values() for name in pair]
+        return all((self.raw_dir / n).exists() or (self.raw_dir / f"{n}.gz").exists() for n in names)
+
+    def prepare_data(self) -> None:
+        """Download MNIST once, on rank zero, unless digits were asked for or the files are here."""
+        if self.hparams.dataset == "digits" or self.mnist_present():
+            return
+        ok, self.download_error = reachable(MNIST.mirrors[0])
+        if ok:
+            try:
+                with network_timeout():
+                    for train in (True, False):
+                        MNIST(self.hparams.data_dir, train=train, download=True)
+            except Exception as err:  # noqa: BLE001 - any failure means "not downloadable"
+                self.download_error = f"download failed ({err})"
+        if self.hparams.dataset == "mnist" and not self.mnist_present():
+            raise DataError(f"MNIST is not in {self.raw_dir} and could not be downloaded: {self.download_error}")
+
+    def setup(self, stage: str) -> None:
+        if stage == "predict":
+            if self.hparams.predict_path is None:
+                raise DataError("predict needs --data.predict_path: a folder of PNG/JPEG images or a .npy array")
+            images, self.predict_inputs = read_predict_inputs(Path(self.hparams.predict_path))
+            self.splits["predict"] = TensorBatches(images)
+            return
+        if "train" in self.splits:  # fit, then test the best checkpoint: load once
+            return
+        name, reason = self.choose_source()
+        announce(name, reason)
+        record_source(self, name, reason)
+        # The checkpoint records the dataset actually used, so `test --ckpt_path` reuses it.
+        self.hparams.dataset = name
+        if name == "mnist":
+            (train_x, train_y), test = self.read_mnist("train"), self.read_mnist("test")
+            val_idx, train_idx = seeded_split(len(train_x), [self.hparams.val_fraction], self.hparams.seed)
+        else:
+            images, labels = load_digits_28()
+            f = self.hparams
+            test_idx, val_idx, train_idx = seeded_split(len(images), [f.test_fraction, f.val_fraction], f.seed)
+            train_x, train_y = images, labels
+            test = (images[test_idx], labels[test_idx])
+        self.splits["train"] = TensorBatches(train_x[train_idx], train_y[train_idx])
+        self.splits["val"] = TensorBatches(train_x[val_idx], train_y[val_idx])
+        self.splits["test"] = TensorBatches(*test)
+
+    def choose_source(self) -> tuple[str, str]:
+        """The dataset to use and the reason, for ``announce``."""
+        requested = self.hparams.dataset
+        if requested == "digits":
+            return "digits", "asked for with --data.dataset=digits"
+        if self.mnist_present():
+            return "mnist", f"MNIST files found in {self.raw_dir}"
+        if requested == "mnist":
+            raise DataError(f"MNIST is not in {self.raw_dir}: {self.download_error or 'download failed'}")
+        why = self.download_error or "could not be downloaded"
+        return "digits", f"scikit-learn's 8x8 digits resized to 28x28, because MNIST is not in {self.raw_dir} and {why}"
+
+    def read_mnist(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One MNIST split through torchvision's IDX readers; a corrupt file is an error, never a fallback."""
+        if not all((self.raw_dir / n).exists() for n in MNIST_FILES[split]):  # only .gz: extract
+            with network_timeout():
+                MNIST(self.hparams.data_dir, train=split == "train", download=True)
+        tensors = []
+        for name, read in zip(MNIST_FILES[split], (read_image_file, read_label_file)):
+            path = self.raw_dir / name
+            try:
+                tensors.append(read(str(path)))
+            except Exception as err:  # noqa: BLE001 - torchvision raises asserts and numpy errors
+                raise DataError(f"{path}: corrupt MNIST IDX file ({err or type(err).__name__})") from None
+        images, labels = tensors
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+            raise DataError(f"{self.raw_dir}: {split} images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
+        return images, labels.long()
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=keep_batch,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> tuple[torch.Tensor, ...]:
+        """uint8 ``(B, 28, 28)`` -> normalised float ``(B, 1, 28, 28)``, augmented when training."""
+        images, *rest = batch
+        images = images.unsqueeze(1).float().div_(255)
+        if self.hparams.augment and self.trainer is not None and self.trainer.training:
+            images = random_affine(images, degrees=10, shift=0.08, scale=0.1)
+        return ((images - MEAN) / STD, *rest)

@@ -1,0 +1,57 @@
+"""Pictures a LightningModule adds to its run: saved as PNG in the run folder and logged to W&B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import WandbLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+
+def run_dir(module: LightningModule) -> Path:
+    """The folder of the current run: the first logger's version folder, else the root dir."""
+    return Path(module.trainer.log_dir or module.trainer.default_root_dir)
+
+
+def log_image(module: LightningModule, key: str, image: torch.Tensor | Figure, caption: str) -> Path | None:
+    """Save ``image`` ((3, H, W) floats in [0, 1], or a matplotlib Figure) as ``<key>.png`` and log it.
+
+    Runs on every rank (callers may have synced data first) but only rank zero writes.
+    """
+    if not module.trainer.is_global_zero:
+        return None
+    path = run_dir(module) / f"{key.replace('/', '_')}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, Figure):
+        FigureCanvasAgg(image).print_png(str(path))
+    else:
+        from PIL import Image
+
+        pixels = image.mul(255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(path)
+    for logger in module.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], caption=[caption])
+    return path
+
+
+def log_confusion_matrix(module: LightningModule, confusion: MulticlassConfusionMatrix) -> Path | None:
+    """Draw the (synced) confusion matrix with class names on both axes."""
+    matrix = confusion.compute().cpu().numpy()  # (true, predicted); compute() syncs across ranks
+    names = module.hparams.label_names
+    figure = Figure(figsize=(1 + 0.5 * len(names), 1 + 0.45 * len(names)), layout="constrained")
+    ax = figure.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    ticks = np.arange(len(names))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=names, yticklabels=names)
+    ax.set(xlabel="predicted", ylabel="true", title=f"test confusion matrix ({int(matrix.sum())} examples)")
+    for (row, col), count in np.ndenumerate(matrix):
+        if count:
+            color = "white" if count > matrix.max() / 2 else "black"
+            ax.text(col, row, int(count), ha="center", va="center", fontsize=7, color=color)
+    return log_image(module, "test/confusion_matrix", figure, "rows: true label, columns: predicted")
