@@ -173,17 +173,17 @@ class AppCLI(LightningCLI):
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         if not best:
             rank_zero_info("No checkpoint was saved (fast_dev_run?): testing the final weights.")
-        results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-        self.report(results, best or "none saved")
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        self.report(best or "none saved")
 
     def after_test(self) -> None:
-        self.report(None, self.config.test.ckpt_path)
+        self.report(self.config.test.ckpt_path)
 
-    def report(self, results: list[dict[str, float]] | None, checkpoint: str) -> None:
+    def report(self, checkpoint: str) -> None:
         """Print the test metrics, the checkpoint, and where the W&B run is."""
         if not self.trainer.is_global_zero:
             return
-        metrics = {k: v for result in results or [] for k, v in result.items() if k.startswith("test/")}
+        metrics = {k: v.item() for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
         if metrics:
             print("test metrics: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         print(f"checkpoint: {checkpoint}")

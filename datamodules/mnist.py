@@ -9,6 +9,7 @@ operation, and normalisation and augmentation run batched, on the batch's device
 
 from __future__ import annotations
 
+import gzip
 import math
 from pathlib import Path
 from typing import Literal
@@ -232,13 +233,12 @@ class MNISTDataModule(LightningDataModule):
 
     def read_mnist(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One MNIST split through torchvision's IDX readers; a corrupt file is an error, never a fallback."""
-        if not all((self.raw_dir / n).exists() for n in MNIST_FILES[split]):  # only .gz: extract
-            with network_timeout():
-                MNIST(self.hparams.data_dir, train=split == "train", download=True)
         tensors = []
         for name, read in zip(MNIST_FILES[split], (read_image_file, read_label_file)):
             path = self.raw_dir / name
             try:
+                if not path.exists():  # only the .gz is here
+                    path.write_bytes(gzip.decompress(path.with_name(f"{name}.gz").read_bytes()))
                 tensors.append(read(str(path)))
             except Exception as err:  # noqa: BLE001 - torchvision raises asserts and numpy errors
                 raise DataError(f"{path}: corrupt MNIST IDX file ({err or type(err).__name__})") from None

@@ -23,9 +23,9 @@ def log_image(module: LightningModule, key: str, image: torch.Tensor | Figure, c
 
     Runs on every rank (callers may have synced data first) but only rank zero writes.
     """
+    path = run_dir(module) / f"{key.replace('/', '_')}.png"  # a collective under DDP: every rank asks
     if not module.trainer.is_global_zero:
         return None
-    path = run_dir(module) / f"{key.replace('/', '_')}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(image, Figure):
         FigureCanvasAgg(image).print_png(str(path))

@@ -1,0 +1,53 @@
+"""Shared test set-up: no network, no W&B credentials, and helpers that write real data formats."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", None}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def offline(tmp_path_factory: pytest.TempPathFactory):
+    """For the whole session: connections outside this machine fail at once, as on a closed
+    network, and there are no W&B credentials, so the W&B logger must go offline by itself."""
+    real = socket.create_connection
+
+    def create_connection(address, *args, **kwargs):
+        if address[0] not in LOCAL_HOSTS:
+            raise OSError(f"network disabled in tests: {address[0]}")
+        return real(address, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "create_connection", create_connection)
+        for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+            mp.delenv(name, raising=False)
+        mp.setenv("NETRC", str(tmp_path_factory.mktemp("home") / "no-netrc"))
+        mp.setenv("WANDB_SILENT", "true")
+        yield
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """Write ``array`` (uint8) in MNIST's IDX format: magic, dimension sizes, raw bytes."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+def write_mnist(data_dir: Path, n_train: int = 60, n_test: int = 20, compress: bool = False, seed: int = 0) -> None:
+    """A tiny MNIST in torchvision's layout: ``data_dir/MNIST/raw/*-idx?-ubyte``."""
+    rng = np.random.default_rng(seed)
+    raw = data_dir / "MNIST" / "raw"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, compress)

@@ -1,0 +1,222 @@
+"""Every app through its CLI, in-process: fit (fast_dev_run and a few real epochs with logging and
+checkpointing on), test and predict from the checkpoint alone, bad input, and DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import apps.mnist.__main__ as mnist_app
+from wandb_run import config_keys, history_keys
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mnist_predict_inputs(folder: Path) -> tuple[list[str], list[str]]:
+    """Twenty digits the model has seen labels for, as a .npy array; returns args and true labels."""
+    from datamodules.mnist import load_digits_28
+
+    images, labels = load_digits_28()
+    np.save(folder / "digits.npy", images[:20].numpy())
+    return [f"--data.predict_path={folder / 'digits.npy'}"], [str(y) for y in labels[:20].tolist()]
+
+
+@dataclass
+class App:
+    main: Callable[[list[str]], None]
+    data: list[str]  # data options that keep the test offline and small
+    train: list[str]  # a few real epochs
+    predict_inputs: Callable[[Path], tuple[list[str], list[str]]]
+    pictures: list[str] = field(default_factory=list)
+    min_predict_accuracy: float = 0.8
+
+
+APPS = {
+    "mnist": App(
+        main=mnist_app.main,
+        data=["--data.dataset=digits"],
+        train=["--trainer.max_epochs=3"],
+        predict_inputs=mnist_predict_inputs,
+        pictures=["test_confusion_matrix.png", "test_misclassified.png"],
+    ),
+}
+
+
+def run(app: App, *args: str) -> str:
+    """Run the app's CLI in-process; returns what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        app.main(list(args))
+    return out.getvalue()
+
+
+def printed_metrics(output: str) -> dict[str, float]:
+    line = next(line for line in output.splitlines() if line.startswith("test metrics: "))
+    return {k: float(v) for k, v in (pair.split("=") for pair in line.split()[2:])}
+
+
+def best_checkpoint(workdir: Path, output: str) -> Path:
+    """The checkpoint path `fit` printed, relative to its working directory."""
+    return workdir / next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("checkpoint: "))
+
+
+@pytest.fixture(scope="module", params=sorted(APPS))
+def trained(request, tmp_path_factory) -> tuple[App, Path, str]:
+    """One real fit per app with CSV and W&B logging and checkpointing on."""
+    app = APPS[request.param]
+    workdir = tmp_path_factory.mktemp(request.param)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        output = run(app, "fit", *app.data, *app.train)
+    return app, workdir, output
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_fast_dev_run_wires_everything(name: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    output = run(APPS[name], "fit", *APPS[name].data, "--trainer.fast_dev_run=true")
+    assert "test/acc" in printed_metrics(output)
+
+
+def test_fit_leaves_checkpoints_metrics_and_a_wandb_run(trained) -> None:
+    app, workdir, output = trained
+    versions = list(workdir.glob("runs/*/version_0"))
+    assert len(versions) == 1
+    run_dir = versions[0]
+    best = best_checkpoint(workdir, output)
+    assert best.is_file() and best.name.startswith("best-epoch")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    with open(run_dir / "metrics.csv") as f:
+        columns = set(next(csv.reader(f)))
+    assert {"train/loss", "val/loss", "val/acc", "test/acc", "test/macro_f1"} <= columns
+    for picture in app.pictures:
+        assert (run_dir / picture).stat().st_size > 1000
+
+    wandb_files = list(workdir.glob("runs/*/wandb/offline-run-*/run-*.wandb"))
+    assert len(wandb_files) == 1, "exactly one offline W&B run"
+    assert {"train/loss", "val/loss", "val/acc", "test/acc"} <= history_keys(wandb_files[0])
+    assert {"config", "data/dataset_used"} <= config_keys(wandb_files[0])
+    assert f"wandb sync {wandb_files[0].parent.relative_to(workdir)}" in output
+
+
+def test_test_and_predict_need_only_the_checkpoint(trained, tmp_path: Path, monkeypatch) -> None:
+    app, workdir, fit_output = trained
+    best = best_checkpoint(workdir, fit_output)
+    monkeypatch.chdir(tmp_path)  # nothing from the fit run's folder but the checkpoint
+
+    tested = printed_metrics(run(app, "test", f"--ckpt_path={best}"))
+    assert tested == pytest.approx(printed_metrics(fit_output), abs=1e-4)
+
+    args, truth = app.predict_inputs(tmp_path)
+    output = tmp_path / "predictions.csv"
+    run(app, "predict", f"--ckpt_path={best}", *args, f"--output={output}")
+    with open(output) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(truth)
+    assert all(0 < float(row["probability"]) <= 1 for row in rows)
+    accuracy = np.mean([row["label"] == label for row, label in zip(rows, truth)])
+    assert accuracy >= app.min_predict_accuracy
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_print_config_shows_the_app_defaults(name: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        APPS[name].main(["fit", "--print_config"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: torch.optim.AdamW" in printed and "monitor: val/" in printed
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_loggers_can_be_turned_off(name: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run(APPS[name], "fit", *APPS[name].data, "--trainer.fast_dev_run=true", "--trainer.logger=false")
+    assert not list(tmp_path.glob("runs/**/wandb")) and not list(tmp_path.glob("runs/**/metrics.csv"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "--model.no_such_option=1"], "no_such_option"),
+        (["fit", "--data.batch_size=many"], "data.batch_size"),
+        (["test"], "test needs --ckpt_path"),
+        (["test", "--ckpt_path=missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
+    ],
+)
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_bad_options_end_in_one_line(name: str, args: list[str], message: str, capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        APPS[name].main(args)
+    assert exit_.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_predict_refuses_bad_input_and_writes_nothing(trained, tmp_path: Path, monkeypatch, capsys) -> None:
+    app, workdir, fit_output = trained
+    if app is not APPS["mnist"]:
+        pytest.skip("image folders are the MNIST app's input")
+    best = best_checkpoint(workdir, fit_output)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG truncated")
+    output = tmp_path / "out.csv"
+    output.write_text("stale result\n")
+    for args, message in [
+        ([f"--data.predict_path={tmp_path / 'images'}", f"--output={output}"], "broken.png: unreadable image"),
+        ([f"--data.predict_path={tmp_path / 'images'}"], "predict needs --output"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            app.main(["predict", f"--ckpt_path={best}", *args])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_corrupt_mnist_stops_fit_with_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    from conftest import write_mnist
+
+    write_mnist(tmp_path / "data")
+    (tmp_path / "data/MNIST/raw/t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        mnist_app.main(["fit", "--trainer.fast_dev_run=true"])
+    assert exit_.value.code == 2
+    assert "t10k-labels-idx1-ubyte: corrupt MNIST IDX file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_ddp_on_two_cpu_processes(name: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [
+        *APPS[name].data,
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=4",
+        "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2",
+        "--trainer.enable_progress_bar=false",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", f"apps.{name}", "fit", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "distributed_backend=gloo" in done.stderr + done.stdout
+    assert "All distributed processes registered. Starting with 2 processes" in done.stderr + done.stdout
+    assert len(list(tmp_path.glob("runs/*/wandb/offline-run-*"))) == 1  # rank zero only
+    assert len(list(tmp_path.glob("runs/*/version_*/checkpoints/best-epoch*.ckpt"))) == 1

@@ -1,0 +1,148 @@
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_mnist
+from datamodules.mnist import MNISTDataModule, random_affine, read_predict_inputs
+from datamodules.sources import DataError, network_timeout, reachable
+
+
+def prepared(**kwargs) -> MNISTDataModule:
+    dm = MNISTDataModule(**kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_mnist_files_load_through_torchvision_readers(tmp_path: Path, capsys) -> None:
+    write_mnist(tmp_path, n_train=60, n_test=20)
+    dm = prepared(dataset="mnist", data_dir=str(tmp_path), val_fraction=0.25)
+    train_x, train_y = dm.splits["train"].tensors
+    assert train_x.dtype == torch.uint8 and train_x.shape == (45, 28, 28)
+    assert len(dm.splits["val"]) == 15 and len(dm.splits["test"]) == 20
+    assert set(train_y.tolist()) <= set(range(10))
+    assert "[data] using mnist" in capsys.readouterr().err
+
+
+def test_gzipped_mnist_files_are_extracted_without_network(tmp_path: Path) -> None:
+    write_mnist(tmp_path, compress=True)
+    dm = prepared(dataset="auto", data_dir=str(tmp_path))
+    assert dm.hparams.dataset == "mnist"
+    assert len(dm.splits["test"]) == 20
+
+
+def test_auto_falls_back_to_digits_and_says_why(tmp_path: Path, capsys) -> None:
+    started = time.monotonic()
+    dm = prepared(dataset="auto", data_dir=str(tmp_path))
+    assert time.monotonic() - started < 30
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[data]")]
+    assert len(lines) == 1
+    assert "using digits" in lines[0] and "network disabled in tests" in lines[0]
+    assert dm.hparams.dataset == "digits"  # what the checkpoint will record
+
+
+def test_explicit_mnist_never_falls_back(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="MNIST is not in .*MNIST/raw"):
+        prepared(dataset="mnist", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("dataset", ["auto", "mnist"])
+def test_corrupt_mnist_is_an_error_not_a_fallback(tmp_path: Path, dataset: str) -> None:
+    write_mnist(tmp_path)
+    bad = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError, match="train-images-idx3-ubyte: corrupt MNIST IDX file"):
+        prepared(dataset=dataset, data_dir=str(tmp_path))
+
+
+def test_digits_split_is_seeded_and_disjoint() -> None:
+    def split(seed: int) -> dict[str, torch.Tensor]:
+        dm = prepared(dataset="digits", seed=seed, test_fraction=0.2, val_fraction=0.1)
+        return {name: ds.tensors[0] for name, ds in dm.splits.items()}
+
+    a, b, c = split(0), split(0), split(1)
+    assert {k: len(v) for k, v in a.items()} == {"train": 1258, "val": 180, "test": 359}
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["test"], c["test"])
+    rows = {name: {x.numpy().tobytes() for x in images} for name, images in a.items()}
+    assert not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
+
+
+def test_digits_look_like_mnist() -> None:
+    images, _ = prepared(dataset="digits").splits["test"].tensors
+    assert images.shape[1:] == (28, 28) and images.dtype == torch.uint8
+    assert images[:, :4].max() == 0 and images[:, :, -4:].max() == 0  # MNIST-style empty frame
+    assert images.max() >= 250  # ink reaches full white
+
+
+def test_batches_are_sliced_normalised_and_augmented_only_in_training() -> None:
+    dm = prepared(dataset="digits", batch_size=32)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 28, 28) and images.dtype == torch.uint8 and labels.shape == (32,)
+    dm.trainer = SimpleNamespace(training=False)
+    plain, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert plain.shape == (32, 1, 28, 28) and plain.dtype == torch.float32
+    assert abs(plain.min().item() - (0 - 0.1307) / 0.3081) < 1e-4
+    again, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert torch.equal(plain, again)
+    dm.trainer = SimpleNamespace(training=True)
+    augmented, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert not torch.allclose(augmented, plain)
+
+
+def test_random_affine_without_range_is_identity() -> None:
+    images = torch.rand(5, 1, 28, 28)
+    assert torch.allclose(random_affine(images, degrees=0, shift=0, scale=0), images, atol=1e-5)
+
+
+def test_predict_folder_is_read_in_name_order_and_light_pages_inverted(tmp_path: Path) -> None:
+    dark_on_light = np.full((40, 40), 255, np.uint8)
+    dark_on_light[10:30, 18:22] = 0
+    Image.fromarray(dark_on_light).save(tmp_path / "b.png")
+    Image.fromarray(255 - dark_on_light).save(tmp_path / "a.jpg")
+    (tmp_path / "notes.txt").write_text("ignored")
+    images, names = read_predict_inputs(tmp_path)
+    assert names == ["a.jpg", "b.png"]
+    assert images.shape == (2, 28, 28)
+    assert images[1, 0, 0] < 10 and images[1, 14, 14] > 200  # inverted: white stroke on black
+
+
+def test_predict_array_accepts_floats_and_rejects_wrong_shapes(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.ones((3, 1, 28, 28), np.float32))
+    images, names = read_predict_inputs(tmp_path / "x.npy")
+    assert images.shape == (3, 28, 28) and images.dtype == torch.uint8 and int(images.max()) == 255
+    assert names == ["x.npy[0]", "x.npy[1]", "x.npy[2]"]
+    np.save(tmp_path / "bad.npy", np.ones((3, 32, 32)))
+    with pytest.raises(DataError, match=r"bad.npy: expected images of shape \(N, 28, 28\)"):
+        read_predict_inputs(tmp_path / "bad.npy")
+
+
+def test_unreadable_predict_image_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png: unreadable image"):
+        read_predict_inputs(tmp_path)
+
+
+def test_closed_network_fails_fast() -> None:
+    ok, why = reachable("https://example.invalid/mnist.gz")
+    assert not ok and "unreachable" in why
+
+
+def test_stalled_download_times_out_within_seconds() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    started = time.monotonic()
+    with network_timeout(1.0), pytest.raises(OSError):  # the server accepts, then never answers
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz")
+    assert time.monotonic() - started < 5
+    server.close()
