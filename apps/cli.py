@@ -38,7 +38,11 @@ SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")
 
 
 class ArgumentParser(LightningArgumentParser):
-    """Reports a bad option in one line instead of the usage text of every option."""
+    """Reports a bad option in one line instead of the usage text of every option, and takes no
+    abbreviations: a mistyped ``--trainer.max_epoch`` is an error, not ``max_epochs``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> None:
         message = " ".join(message.split())

@@ -49,6 +49,8 @@ class WandbLogger(loggers.WandbLogger):
         super().__init__(
             project=project, save_dir=save_dir, name=name, offline=offline, log_model=log_model, tags=tags
         )
+        # Lightning always passes `anonymous`, which wandb 0.31 ignores with a warning on every run.
+        self._wandb_init.pop("anonymous", None)
 
     @property
     def run_dir(self) -> str:

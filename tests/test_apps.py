@@ -149,6 +149,7 @@ def test_loggers_can_be_turned_off(name: str, tmp_path: Path, monkeypatch) -> No
     "args, message",
     [
         (["fit", "--model.no_such_option=1"], "no_such_option"),
+        (["fit", "--trainer.max_epoch=3"], "--trainer.max_epoch=3"),  # no silent abbreviation
         (["fit", "--data.batch_size=many"], "data.batch_size"),
         (["test"], "test needs --ckpt_path"),
         (["test", "--ckpt_path=missing.ckpt"], "--ckpt_path missing.ckpt: no such file"),
@@ -185,16 +186,22 @@ def test_predict_refuses_bad_input_and_writes_nothing(trained, tmp_path: Path, m
     assert not output.exists()
 
 
-def test_corrupt_mnist_stops_fit_with_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(
+    "problem, message",
+    [("missing", "MNIST is not in data/MNIST/raw"), ("corrupt", "t10k-labels-idx1-ubyte: corrupt MNIST IDX file")],
+)
+def test_mnist_file_problems_stop_fit_with_one_line(problem, message, tmp_path: Path, monkeypatch, capsys) -> None:
     from conftest import write_mnist
 
-    write_mnist(tmp_path / "data")
-    (tmp_path / "data/MNIST/raw/t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08")
+    if problem == "corrupt":
+        write_mnist(tmp_path / "data")
+        (tmp_path / "data/MNIST/raw/t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
-        mnist_app.main(["fit", "--trainer.fast_dev_run=true"])
+        mnist_app.main(["fit", "--data.dataset=mnist", "--trainer.fast_dev_run=true"])
     assert exit_.value.code == 2
-    assert "t10k-labels-idx1-ubyte: corrupt MNIST IDX file" in capsys.readouterr().err
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and message in err[0]
 
 
 @pytest.mark.parametrize("name", sorted(APPS))
