@@ -143,12 +143,14 @@ class MNISTDataModule(LightningDataModule):
         batch_size: Images per batch.
         augment: Random rotation, shift and zoom of training batches.
         num_workers: DataLoader worker processes (0 loads in the main process).
-        seed: Seed of the train/val/test split.
+        seed: Seed of the train/val/test split and of the labelled subset.
+        classes: Keep only these digits, relabelled 0..k-1 in this order (``label_names`` are the digits).
+        labels_per_class: Keep only this many training images of each class (a label budget);
+            validation and test sets stay whole.
         predict_path: Folder of PNG/JPEG images or a ``.npy`` array of 28x28 images, for ``predict``.
     """
 
     image_shape = (1, 28, 28)
-    label_names = [str(digit) for digit in range(10)]
 
     def __init__(
         self,
@@ -160,6 +162,8 @@ class MNISTDataModule(LightningDataModule):
         augment: bool = True,
         num_workers: int = 0,
         seed: int = 0,
+        classes: list[int] | None = None,
+        labels_per_class: int | None = None,
         predict_path: str | None = None,
     ) -> None:
         super().__init__()
@@ -167,6 +171,10 @@ class MNISTDataModule(LightningDataModule):
         self.splits: dict[str, TensorBatches] = {}
         self.predict_inputs: list[str] = []
         self.download_error = ""
+
+    @property
+    def label_names(self) -> list[str]:
+        return [str(digit) for digit in self.hparams.classes or range(10)]
 
     @property
     def raw_dir(self) -> Path:
@@ -215,9 +223,39 @@ class MNISTDataModule(LightningDataModule):
             test_idx, val_idx, train_idx = seeded_split(len(images), [f.test_fraction, f.val_fraction], f.seed)
             train_x, train_y = images, labels
             test = (images[test_idx], labels[test_idx])
-        self.splits["train"] = TensorBatches(train_x[train_idx], train_y[train_idx])
-        self.splits["val"] = TensorBatches(train_x[val_idx], train_y[val_idx])
-        self.splits["test"] = TensorBatches(*test)
+        splits = {
+            "train": (train_x[train_idx], train_y[train_idx]),
+            "val": (train_x[val_idx], train_y[val_idx]),
+            "test": test,
+        }
+        if self.hparams.classes is not None:
+            splits = {split: self.keep_classes(*pair) for split, pair in splits.items()}
+        if self.hparams.labels_per_class is not None:
+            splits["train"] = self.label_budget(*splits["train"])
+        self.splits = {split: TensorBatches(*pair) for split, pair in splits.items()}
+
+    def keep_classes(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images of ``classes``, labelled by their position in ``classes``."""
+        classes = torch.tensor(self.hparams.classes)
+        if not set(self.hparams.classes) <= set(range(10)) or len(set(self.hparams.classes)) < 2:
+            raise DataError(f"--data.classes {self.hparams.classes}: name at least two different digits 0-9")
+        match = labels.unsqueeze(1) == classes  # (N, k)
+        keep = match.any(1)
+        return images[keep], match[keep].long().argmax(1)
+
+    def label_budget(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``labels_per_class`` images of each class; the split is already shuffled by the seed."""
+        n = self.hparams.labels_per_class
+        picked = []
+        for label, name in enumerate(self.label_names):
+            rows = (labels == label).nonzero().squeeze(1)
+            if len(rows) < n:
+                raise DataError(
+                    f"--data.labels_per_class {n}: the training split has only {len(rows)} images of class {name}"
+                )
+            picked.append(rows[:n])
+        keep = torch.cat(picked).sort().values
+        return images[keep], labels[keep]
 
     def choose_source(self) -> tuple[str, str]:
         """The dataset to use and the reason, for ``announce``."""

@@ -146,3 +146,36 @@ def test_stalled_download_times_out_within_seconds() -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz")
     assert time.monotonic() - started < 5
     server.close()
+
+
+def test_class_subset_is_relabelled_in_the_given_order() -> None:
+    full = prepared(dataset="digits")
+    dm = prepared(dataset="digits", classes=[7, 5])
+    assert dm.label_names == ["7", "5"]
+    for split in ("train", "val", "test"):
+        images, labels = dm.splits[split].tensors
+        full_images, full_labels = full.splits[split].tensors
+        assert set(labels.tolist()) == {0, 1}
+        assert torch.equal(images[labels == 0], full_images[full_labels == 7])
+
+
+def test_label_budget_keeps_n_per_class_in_train_only() -> None:
+    dm = prepared(dataset="digits", classes=[5, 6, 7, 8, 9], labels_per_class=10, seed=3)
+    _, labels = dm.splits["train"].tensors
+    assert torch.bincount(labels).tolist() == [10] * 5
+    assert len(dm.splits["test"]) > 100  # evaluation sets stay whole
+    again = prepared(dataset="digits", classes=[5, 6, 7, 8, 9], labels_per_class=10, seed=3)
+    assert torch.equal(dm.splits["train"].tensors[0], again.splits["train"].tensors[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"labels_per_class": 1000}, "--data.labels_per_class 1000: the training split has only"),
+        ({"classes": [3]}, "--data.classes \\[3\\]: name at least two different digits"),
+        ({"classes": [3, 12]}, "--data.classes"),
+    ],
+)
+def test_impossible_subsets_are_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        prepared(dataset="digits", **kwargs)
