@@ -31,6 +31,8 @@ from datamodules.sources import DataError
 
 # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# `test --ckpt_path` starts a new run folder on purpose; the checkpoint's own folder is not reused.
+warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Values `--ckpt_path` takes that name no file.
@@ -194,7 +196,7 @@ class AppCLI(LightningCLI):
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):
                 where = logger.run_dir
-                if logger._offline:
+                if logger.offline:
                     print(f"W&B run saved offline in {where}; upload it with: wandb sync {where}")
 
 

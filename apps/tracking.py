@@ -46,6 +46,7 @@ class WandbLogger(loggers.WandbLogger):
     ) -> None:
         if offline is None:
             offline = not os.environ.get("WANDB_MODE") and not wandb_credentials()
+        self.offline = offline
         super().__init__(
             project=project, save_dir=save_dir, name=name, offline=offline, log_model=log_model, tags=tags
         )
