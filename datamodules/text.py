@@ -1,0 +1,183 @@
+"""Text helpers shared by the text DataModules (``python -m apps.sentiment fit``): a word-level
+``tokenizers.Tokenizer`` trained on the training split, batched encoding, a length-bucketing batch
+sampler that shards itself across DDP ranks, and a collate that pads each batch to its own longest text.
+
+Padding is per batch, so a batch of tweets is ~20 tokens wide even when a review in the data is 500.
+Bucketing puts texts of similar length in the same batch, so little of each batch is padding; packed
+sequences (``models/lstm.py``) then skip the padding that is left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from torch.utils.data import Dataset, Sampler
+
+PAD, UNK = "[PAD]", "[UNK]"
+# Fixed ids: the collate pads with 0 and the embedding's padding_idx is 0.
+PAD_ID, UNK_ID = 0, 1
+
+
+def new_tokenizer() -> Tokenizer:
+    """An untrained word-level tokenizer for English text.
+
+    Normaliser: IMDB's ``<br />`` line breaks become spaces, Unicode is NFKD-decomposed and accents
+    dropped (``café`` -> ``cafe``), everything lower-cased. Pre-tokeniser: splits on whitespace and
+    between words and punctuation (``don't!`` -> ``don ' t !``), so ``good`` and ``good!`` share a row.
+    """
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace(Regex(r"<br\s*/?>"), " "),
+            normalizers.NFKD(),
+            normalizers.StripAccents(),
+            normalizers.Lowercase(),
+        ]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+ | [^\w\s]+
+    return tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int, max_length: int) -> Tokenizer:
+    """A tokenizer whose vocabulary is the ``vocab_size - 2`` most frequent words of ``texts`` seen at
+    least ``min_frequency`` times, after ``[PAD]`` (id 0) and ``[UNK]`` (id 1); encodings are truncated
+    to ``max_length`` tokens. Pass the training split only, so no word is learnt from val or test text.
+    """
+    tokenizer = new_tokenizer()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK], show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    assert tokenizer.token_to_id(PAD) == PAD_ID and tokenizer.token_to_id(UNK) == UNK_ID
+    tokenizer.enable_truncation(max_length)  # stored in the tokenizer's JSON, so it travels with it
+    return tokenizer
+
+
+def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of every text, encoded in one batched (multi-threaded) call.
+
+    A text with no tokens (empty or whitespace only) becomes ``[UNK]``: every sequence then has
+    length >= 1, which ``pack_padded_sequence`` requires, and the model predicts from "unknown text".
+    """
+    return [encoding.ids or [UNK_ID] for encoding in tokenizer.encode_batch(list(texts))]
+
+
+class EncodedTexts(Dataset):
+    """Token id lists with optional integer labels. Indexed by a list of indices (a whole batch),
+    since ``BucketBatchSampler`` yields batches and the DataLoader runs with ``batch_size=None``."""
+
+    def __init__(self, ids: list[list[int]], labels: Sequence[int] | None = None) -> None:
+        if labels is not None and len(labels) != len(ids):
+            raise ValueError(f"{len(ids)} texts but {len(labels)} labels")
+        self.ids, self.labels = ids, labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.ids]
+
+    def __getitem__(self, batch: list[int]) -> list[tuple[list[int], int | None]]:
+        return [(self.ids[i], None if self.labels is None else self.labels[i]) for i in batch]
+
+
+def pad_collate(examples: list[tuple[list[int], int | None]]) -> tuple:
+    """Pad a batch to its own longest text.
+
+    Returns ``((tokens, lengths), target)``: tokens ``(B, T)`` int64 padded with ``PAD_ID``, lengths
+    ``(B,)`` int64 (on the CPU, where ``pack_padded_sequence`` wants them), target ``(B,)`` int64;
+    ``((tokens, lengths),)`` when the examples have no labels (predict).
+    """
+    lengths = torch.tensor([len(ids) for ids, _ in examples])
+    tokens = torch.full((len(examples), int(lengths.max())), PAD_ID, dtype=torch.long)
+    for row, (ids, _) in enumerate(examples):
+        tokens[row, : len(ids)] = torch.tensor(ids)
+    if examples[0][1] is None:
+        return ((tokens, lengths),)
+    return (tokens, lengths), torch.tensor([label for _, label in examples])
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of indices whose texts have similar lengths, sharded over DDP ranks.
+
+    ``shuffle=True`` (training): each epoch, a permutation seeded by ``seed + epoch`` is cut into pools
+    of ``pool_batches`` batches; each pool is sorted by length and cut into batches, and the order of
+    all batches is shuffled. Batches are thus nearly uniform in length yet differ from epoch to epoch.
+    ``shuffle=False`` (val/test): all indices sorted by length (stable), then batched.
+
+    Sharding: with ``num_replicas`` ranks, rank ``r`` takes batches ``r, r + R, r + 2R, ...`` of the
+    same global list (every rank computes it from the same seed). The list is first extended by
+    repeating its first batches so every rank gets the same number of batches, as DDP requires (a rank
+    with one batch fewer would wait forever in the gradient all-reduce); under DDP a few val/test
+    examples are thus counted twice, as with ``DistributedSampler``.
+
+    Lightning calls ``set_epoch`` on a DataLoader's ``sampler``, so use it as ``sampler=`` with
+    ``batch_size=None``, and run the Trainer with ``use_distributed_sampler=False`` so that Lightning
+    does not shard a second time.
+
+    Args:
+        lengths: Length of every example.
+        batch_size: Examples per batch (the last batch of a pool may be smaller).
+        shuffle: Shuffled buckets (training) or one length-sorted pass (evaluation).
+        seed: Seed of the shuffling; the same on every rank.
+        num_replicas: Number of DDP ranks.
+        rank: This process's rank.
+        pool_batches: Batches per sorted pool: larger pools pad less but shuffle less.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pool_batches: int = 50,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.num_replicas, self.rank, self.pool_batches = num_replicas, rank, pool_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[list[int]]:
+        """Every rank's batches, in order; identical on all ranks."""
+        if not self.shuffle:
+            order = torch.sort(self.lengths, stable=True).indices
+            return [chunk.tolist() for chunk in order.split(self.batch_size)]
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator)
+        batches = []
+        for pool in order.split(self.batch_size * self.pool_batches):
+            pool = pool[torch.sort(self.lengths[pool], stable=True).indices]
+            batches.extend(pool.split(self.batch_size))
+        shuffled = torch.randperm(len(batches), generator=generator)
+        return [batches[i].tolist() for i in shuffled]
+
+    def __len__(self) -> int:
+        n_batches = 0
+        if len(self.lengths):
+            if self.shuffle:
+                pool = self.batch_size * self.pool_batches
+                full, rest = divmod(len(self.lengths), pool)
+                n_batches = full * self.pool_batches + math.ceil(rest / self.batch_size)
+            else:
+                n_batches = math.ceil(len(self.lengths) / self.batch_size)
+        return math.ceil(n_batches / self.num_replicas)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._global_batches()
+        if not batches:
+            return iter(())
+        total = len(self) * self.num_replicas
+        batches += (batches * math.ceil(total / len(batches)))[: total - len(batches)]
+        return iter(batches[self.rank : total : self.num_replicas])

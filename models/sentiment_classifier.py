@@ -1,0 +1,119 @@
+"""Sentiment of a text with a 2-layer bidirectional LSTM: ``python -m apps.sentiment fit``."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import WandbLogger
+
+from datamodules.sources import DataError
+from models.classifier import Classifier
+from models.lstm import Cell, LSTMClassifier, read_glove
+from models.reports import log_confusion_matrix
+
+
+class SentimentClassifier(Classifier):
+    """An ``LSTMClassifier`` trained with cross-entropy; tests log a W&B table of example texts.
+
+    Args:
+        label_names: Class names in label order; linked from the DataModule.
+        vocab_size: Rows of the token embedding; linked from the DataModule's tokenizer size.
+        embedding_dim: Size of a token vector; must match the GloVe file when one is given.
+        hidden_size: LSTM state size per direction.
+        num_layers: Stacked LSTM layers.
+        bidirectional: Read texts in both directions.
+        dropout: Dropout on embeddings, between LSTM layers and before the head.
+        cell: ``fused`` (``nn.LSTM`` over packed sequences) or ``layernorm`` (step-by-step layer-normalised cell).
+        glove_path: GloVe-format text file (``word v1 v2 ...``) to initialise the embedding from at ``fit``.
+        freeze_embedding: Keep the embedding fixed during training (meant for GloVe vectors).
+        optimizer: Optimizer class and arguments.
+        scheduler: Optional learning-rate scheduler.
+        label_smoothing: Cross-entropy label smoothing.
+        table_rows: Test examples in the W&B table, half of them misclassified when there are enough.
+    """
+
+    def __init__(
+        self,
+        label_names: list[str],
+        vocab_size: int = 20000,
+        embedding_dim: int = 128,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        bidirectional: bool = True,
+        dropout: float = 0.3,
+        cell: Cell = "fused",
+        glove_path: str | None = None,
+        freeze_embedding: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+        table_rows: int = 100,
+    ) -> None:
+        super().__init__(label_names, optimizer, scheduler, label_smoothing)
+        self.net = LSTMClassifier(
+            vocab_size, len(label_names), embedding_dim, hidden_size, num_layers, bidirectional, dropout, cell
+        )
+        if freeze_embedding and glove_path is None:
+            self.net.embedding.weight.requires_grad_(False)
+        self.examples: dict[bool, list[list[Any]]] = {True: [], False: []}  # correct? -> table rows
+        self.seen = {True: 0, False: 0}
+        self.sampler = random.Random(0)
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        tokens, lengths = inputs  # (B, T), (B,)
+        return self.net(tokens, lengths)
+
+    def setup(self, stage: str) -> None:
+        """Load GloVe vectors for the tokenizer's words at ``fit``; the DataModule has trained it by now
+        (its ``setup`` runs first). When resuming, the checkpoint's weights are restored after this."""
+        if stage != "fit" or self.hparams.glove_path is None:
+            return
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        if tokenizer is None:
+            raise DataError("--model.glove_path needs a DataModule with a trained tokenizer")
+        h = self.hparams
+        try:
+            vectors, found = read_glove(h.glove_path, tokenizer.get_vocab(), h.vocab_size, h.embedding_dim)
+        except OSError as err:
+            raise DataError(f"--model.glove_path {h.glove_path}: {err.strerror or err}") from None
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        self.net.load_embeddings(vectors, found, h.freeze_embedding)
+        self.print(f"GloVe: vectors for {int(found.sum())} of {tokenizer.get_vocab_size()} tokens from {h.glove_path}")
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self.examples, self.seen, self.sampler = {True: [], False: []}, {True: 0, False: 0}, random.Random(0)
+
+    def on_test_predictions(self, batch: tuple, probs: torch.Tensor) -> None:
+        """Keep a uniform sample of up to ``table_rows / 2`` correct and misclassified examples each
+        (reservoir sampling: test batches come sorted by length, so the first ones are the shortest)."""
+        decode = getattr(self.trainer.datamodule, "decode", None)
+        if decode is None:
+            return
+        (tokens, lengths), target = batch
+        prob, predicted = probs.max(-1)
+        names = self.hparams.label_names
+        for row in range(len(target)):
+            correct = bool(predicted[row] == target[row])
+            kept, cap = self.examples[correct], self.hparams.table_rows // 2
+            self.seen[correct] += 1
+            slot = len(kept) if len(kept) < cap else self.sampler.randrange(self.seen[correct])
+            if slot < cap:
+                text = decode(tokens[row, : lengths[row]].tolist())
+                label, guess = names[int(target[row])], names[int(predicted[row])]
+                example = [text, label, guess, round(float(prob[row]), 4), not correct]
+                kept[slot:slot + 1] = [example]
+
+    def on_test_epoch_end(self) -> None:
+        log_confusion_matrix(self, self.confusion)
+        if not self.trainer.is_global_zero:
+            return
+        rows = self.examples[False] + self.examples[True]
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger) and rows:
+                columns = ["text", "true label", "predicted label", "probability", "misclassified"]
+                logger.log_table(key="test/examples", columns=columns, data=rows)
