@@ -1,0 +1,231 @@
+"""Images for finetuning: the digits of the MNIST DataModule, or a folder with one sub-folder per class.
+
+    python -m apps.finetune fit --data.dataset=digits --data.classes=[5,6,7,8,9] --data.labels_per_class=10
+    python -m apps.finetune fit --model.backbone=resnet18 --data.dataset=folder --data.path=my_images/
+
+Inputs follow the backbone (``--model.backbone``, linked to ``backbone`` here): a torchvision
+backbone gets its weight enum's own transforms (``weights.transforms()``: resize, crop, ImageNet
+normalisation), this project's 28x28 backbones get grey 28x28 digits normalised like MNIST.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.mnist import IMAGE_SUFFIXES, MEAN, STD, MNISTDataModule, read_image
+from datamodules.sources import DataError, announce, record_source, seeded_split
+
+
+def torchvision_backbones() -> list[str]:
+    """Names of torchvision's classification models, the ones ``--model.backbone`` accepts by name."""
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def backbone_transform(backbone: str) -> Callable[[Path], torch.Tensor]:
+    """Image file -> the input tensor ``backbone`` expects: ``(3, 224, 224)`` for resnet18, ``(1, 28, 28)`` for ours."""
+    if backbone in torchvision_backbones():
+        transform = torchvision.models.get_model_weights(backbone).DEFAULT.transforms()
+
+        def load(path: Path) -> torch.Tensor:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return transform(image.convert("RGB"))
+
+        return load
+
+    def load_digit(path: Path) -> torch.Tensor:
+        digit = torch.from_numpy(read_image(path)).float().div(255)  # (28, 28), white on black like MNIST
+        return ((digit - MEAN) / STD).unsqueeze(0)
+
+    return load_digit
+
+
+def image_folder(path: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Files, labels and class names of a folder with one sub-folder of PNG/JPEG images per class."""
+    if not path.is_dir():
+        raise DataError(f"--data.path {path}: no such folder")
+    names, files, labels = [], [], []
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if images:
+            files += images
+            labels += [len(names)] * len(images)
+            names.append(folder.name)
+    if len(names) < 2:
+        found = f"only {names[0]!r}" if names else "none"
+        raise DataError(f"--data.path {path}: needs at least two sub-folders of .png/.jpg images, one per class; found {found}")
+    return files, labels, names
+
+
+def check_readable(files: list[Path]) -> None:
+    """Decode every image once, so a broken file stops the run at the start, by name."""
+    from PIL import Image
+
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                image.load()
+        except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+            raise DataError(f"{file}: unreadable image ({err})") from None
+
+
+class ImageFiles(Dataset):
+    """Image files read and transformed one at a time (they may differ in size), with their labels."""
+
+    def __init__(self, files: list[Path], labels: list[int] | None, load: Callable[[Path], torch.Tensor]) -> None:
+        self.files, self.labels, self.load = files, labels, load
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        image = self.load(self.files[index])
+        return (image,) if self.labels is None else (image, self.labels[index])
+
+
+class ImageDataModule(MNISTDataModule):
+    """The MNIST DataModule's digits (class subset, label budget) or an image folder, shaped for the backbone.
+
+    Args:
+        dataset: ``folder`` (the images under ``path``), or the digits: ``mnist``, ``digits`` or ``auto``
+            as in the MNIST DataModule.
+        path: For ``folder``: a folder with one sub-folder of PNG/JPEG images per class (at least two).
+        backbone: The model's backbone, linked from ``--model.backbone``; picks the transforms.
+        data_dir: Folder holding ``MNIST/raw``; downloads go there.
+        val_fraction: Share of the training images (all images for a folder) held out for validation.
+        test_fraction: Share of the digits (all images for a folder) held out for testing.
+        batch_size: Images per batch.
+        augment: Random rotation, shift and zoom of training digits (not for torchvision backbones).
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        seed: Seed of the train/val/test split and of the labelled subset.
+        classes: Digits only: keep these digits, relabelled 0..k-1 in this order.
+        labels_per_class: Keep only this many training images of each class (a label budget).
+        predict_path: For ``predict``: a folder of images (or, for digits, a ``.npy`` array of 28x28 images).
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["auto", "mnist", "digits", "folder"] = "auto",
+        path: str | None = None,
+        backbone: str = "",
+        data_dir: str = "data",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        batch_size: int = 128,
+        augment: bool = True,
+        num_workers: int = 0,
+        seed: int = 0,
+        classes: list[int] | None = None,
+        labels_per_class: int | None = None,
+        predict_path: str | None = None,
+    ) -> None:
+        super().__init__(
+            dataset=dataset,  # type: ignore[arg-type] - "folder" is handled here, never by the parent
+            data_dir=data_dir,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            batch_size=batch_size,
+            augment=augment,
+            num_workers=num_workers,
+            seed=seed,
+            classes=classes,
+            labels_per_class=labels_per_class,
+            predict_path=predict_path,
+        )
+
+    @property
+    def folder(self) -> bool:
+        return self.hparams.dataset == "folder"
+
+    @property
+    def torchvision(self) -> bool:
+        return self.hparams.backbone in torchvision_backbones()
+
+    @cached_property
+    def scanned(self) -> tuple[list[Path], list[int], list[str]]:
+        if self.hparams.path is None:
+            raise DataError("--data.dataset=folder needs --data.path: a folder with one sub-folder of images per class")
+        if self.hparams.classes is not None:
+            raise DataError("--data.classes picks digits; a folder's classes are its sub-folders")
+        return image_folder(Path(self.hparams.path))
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.scanned[2] if self.folder else super().label_names
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:  # type: ignore[override] - the parent's is a constant
+        if self.torchvision:
+            crop = torchvision.models.get_model_weights(self.hparams.backbone).DEFAULT.transforms().crop_size
+            return (3, crop[0], crop[0])
+        return MNISTDataModule.image_shape
+
+    def prepare_data(self) -> None:
+        if not self.folder:
+            super().prepare_data()
+
+    def setup(self, stage: str) -> None:
+        load = backbone_transform(self.hparams.backbone)
+        if stage == "predict" and (self.folder or self.torchvision):
+            path = Path(self.hparams.predict_path or "")
+            if self.hparams.predict_path is None or not path.is_dir():
+                raise DataError(f"--data.predict_path {self.hparams.predict_path}: for this backbone, name a folder of images")
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise DataError(f"--data.predict_path {path}: no .png, .jpg or .jpeg images in the folder")
+            check_readable(files)
+            self.splits["predict"], self.predict_inputs = ImageFiles(files, None, load), [f.name for f in files]
+            return
+        if not self.folder:
+            super().setup(stage)
+            return
+        if "train" in self.splits:
+            return
+        files, labels, names = self.scanned
+        check_readable(files)
+        reason = f"{len(files)} images of {len(names)} classes in {self.hparams.path}"
+        announce("folder", reason)
+        record_source(self, "folder", reason)
+        h = self.hparams
+        splits = dict(zip(("test", "val", "train"), seeded_split(len(files), [h.test_fraction, h.val_fraction], h.seed)))
+        for split, rows in splits.items():
+            if len(rows) == 0:
+                raise DataError(f"--data.path {h.path}: {len(files)} images leave the {split} split empty")
+        tensors = {split: (rows, torch.tensor(labels)[rows]) for split, rows in splits.items()}
+        if h.labels_per_class is not None:  # label_budget keeps rows of the already shuffled split
+            tensors["train"] = self.label_budget(*tensors["train"])
+        self.splits = {
+            split: ImageFiles([files[i] for i in rows.tolist()], split_labels.tolist(), load)
+            for split, (rows, split_labels) in tensors.items()
+        }
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        if isinstance(self.splits[split], ImageFiles):  # per-image files: default collate stacks them
+            workers = self.hparams.num_workers
+            return DataLoader(
+                self.splits[split],
+                batch_size=self.hparams.batch_size,
+                shuffle=shuffle,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+            )
+        return super()._loader(split, shuffle)
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> tuple[torch.Tensor, ...]:
+        """Folder batches are ready; digit batches are MNIST-normalised ``(B, 1, 28, 28)``, and for a
+        torchvision backbone become RGB pixels put through the weights' transforms."""
+        if self.folder or (self.trainer is not None and self.trainer.predicting and self.torchvision):
+            return batch
+        images, *rest = super().on_after_batch_transfer(batch, dataloader_idx)
+        if self.torchvision:
+            transform = torchvision.models.get_model_weights(self.hparams.backbone).DEFAULT.transforms()
+            images = transform((images * STD + MEAN).expand(-1, 3, -1, -1))  # (B, 3, 224, 224) for resnet18
+        return (images, *rest)
