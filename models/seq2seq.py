@@ -1,0 +1,323 @@
+"""RNN encoder-decoder with attention (Bahdanau et al. 2014), for ``python -m apps.translate fit``.
+
+Shapes: B sentences, S source tokens, T target tokens, H hidden units, E embedding size, V vocabulary.
+
+- ``Encoder``: bidirectional GRU or LSTM over packed sequences, so padding never enters the
+  recurrence; every source position gets a ``2H`` annotation.
+- ``AdditiveAttention`` (Bahdanau) scores ``v . tanh(W q + U k)``; ``MultiplicativeAttention``
+  (Luong's "general") scores ``q . W k``. Both set padded positions to -inf before the softmax.
+- ``Decoder``: one RNN cell step at a time, fed the previous token and the context; with
+  ``attention="none"`` the context is the encoder's final state at every step, the fixed-vector
+  RNN encoder-decoder of Cho et al. 2014 that attention was invented to beat on long sentences.
+- ``Seq2Seq``: teacher forcing with a ratio, batched greedy decoding and batched beam search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+RNNS = {"gru": nn.GRU, "lstm": nn.LSTM}
+CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}
+# A decoder state: h (B, H) for a GRU, (h, c) for an LSTM.
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def select(state: State, rows: torch.Tensor) -> State:
+    """The state of the given batch rows (beam search reorders hypotheses)."""
+    return tuple(s[rows] for s in state) if isinstance(state, tuple) else state[rows]
+
+
+@dataclass
+class Memory:
+    """What the decoder reads at every step; rows are sentences (or beam hypotheses)."""
+
+    keys: torch.Tensor  # (B, S, 2H) encoder annotations, zero at padding
+    projected: torch.Tensor | None  # (B, S, A) keys already through the attention's key layer
+    mask: torch.Tensor  # (B, S) True at real tokens
+    summary: torch.Tensor  # (B, 2H) final forward and backward states: the no-attention context
+
+    def repeat(self, k: int) -> Memory:
+        """Each row ``k`` times in a row, for ``k`` beam hypotheses per sentence."""
+        rep = lambda t: None if t is None else t.repeat_interleave(k, dim=0)  # noqa: E731
+        return Memory(rep(self.keys), rep(self.projected), rep(self.mask), rep(self.summary))
+
+
+class Encoder(nn.Module):
+    """Bidirectional RNN over the source tokens.
+
+    Args:
+        vocab_size: Source vocabulary size.
+        embedding_dim: Token embedding size.
+        hidden_size: Units per direction.
+        rnn: ``gru`` or ``lstm``.
+        dropout: Dropout on the embeddings.
+        pad_id: Padding token id.
+    """
+
+    def __init__(self, vocab_size: int, embedding_dim: int, hidden_size: int, rnn: str, dropout: float, pad_id: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        self.rnn = RNNS[rnn](embedding_dim, hidden_size, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, source: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Annotations (B, S, 2H), final state (B, 2H) and, for an LSTM, final cell (B, 2H)."""
+        embedded = self.dropout(self.embedding(source))  # (B, S, E)
+        # Packed: the backward direction starts at each sentence's last real token, not at padding.
+        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        outputs, state = self.rnn(packed)
+        keys, _ = pad_packed_sequence(outputs, batch_first=True, total_length=source.shape[1])
+        h, c = state if isinstance(state, tuple) else (state, None)  # (2, B, H): forward, backward
+        final = torch.cat([h[0], h[1]], dim=-1)
+        cell = None if c is None else torch.cat([c[0], c[1]], dim=-1)
+        return keys, final, cell
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau's score ``v . tanh(W q + U k)``.
+
+    Args:
+        query_size: Size of the decoder state that asks.
+        key_size: Size of an encoder annotation.
+        attention_size: Size of the hidden layer of the score.
+    """
+
+    def __init__(self, query_size: int, key_size: int, attention_size: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(query_size, attention_size, bias=False)
+        self.key = nn.Linear(key_size, attention_size)
+        self.v = nn.Linear(attention_size, 1, bias=False)
+
+    def project(self, keys: torch.Tensor) -> torch.Tensor:
+        """``U k`` for every position, once per sentence instead of once per step: (B, S, A)."""
+        return self.key(keys)
+
+    def scores(self, query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        return self.v(torch.tanh(projected + self.query(query).unsqueeze(1))).squeeze(-1)  # (B, S)
+
+
+class MultiplicativeAttention(nn.Module):
+    """Luong's "general" score ``q . W k``.
+
+    Args:
+        query_size: Size of the decoder state that asks.
+        key_size: Size of an encoder annotation.
+    """
+
+    def __init__(self, query_size: int, key_size: int) -> None:
+        super().__init__()
+        self.key = nn.Linear(key_size, query_size, bias=False)
+
+    def project(self, keys: torch.Tensor) -> torch.Tensor:
+        return self.key(keys)  # (B, S, H)
+
+    def scores(self, query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(projected, query.unsqueeze(-1)).squeeze(-1)  # (B, S)
+
+
+def attend(scores: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the real positions only: context (B, 2H) and weights (B, S), exactly 0 at padding."""
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return torch.bmm(weights.unsqueeze(1), keys).squeeze(1), weights
+
+
+class Decoder(nn.Module):
+    """One target token per step: ``s_t = RNN([y_{t-1}; c_t], s_{t-1})``, logits from ``[s_t; c_t; y_{t-1}]``
+    through a narrow tanh layer.
+
+    The context ``c_t`` attends with the previous state ``s_{t-1}`` (Bahdanau); both scores use the
+    same wiring, so ``attention`` changes only how positions are scored.
+
+    Args:
+        vocab_size: Target vocabulary size.
+        embedding_dim: Token embedding size.
+        hidden_size: Decoder state size.
+        context_size: Size of an encoder annotation (2 x encoder hidden size).
+        rnn: ``gru`` or ``lstm``.
+        attention: ``additive``, ``multiplicative`` or ``none``.
+        dropout: Dropout on the embeddings and before the output layer.
+        pad_id: Padding token id.
+    """
+
+    def __init__(self, vocab_size: int, embedding_dim: int, hidden_size: int, context_size: int, rnn: str,
+                 attention: str, dropout: float, pad_id: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        if attention == "additive":
+            self.attention: nn.Module | None = AdditiveAttention(hidden_size, context_size, hidden_size)
+        elif attention == "multiplicative":
+            self.attention = MultiplicativeAttention(hidden_size, context_size)
+        else:
+            self.attention = None
+        self.cell = CELLS[rnn](embedding_dim + context_size, hidden_size)
+        # Bahdanau's "deep output": [s_t; c_t; y_{t-1}] through a layer as narrow as an embedding
+        # before the V-wide one, which is most of the compute of a step.
+        self.pre_output = nn.Linear(hidden_size + context_size + embedding_dim, embedding_dim)
+        self.out = nn.Linear(embedding_dim, vocab_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def memory(self, keys: torch.Tensor, mask: torch.Tensor, summary: torch.Tensor) -> Memory:
+        projected = None if self.attention is None else self.attention.project(keys)
+        return Memory(keys, projected, mask, summary)
+
+    def forward(self, token: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        """Logits (B, V) for the token after ``token`` (B,), the new state, attention weights (B, S) or None."""
+        embedded = self.dropout(self.embedding(token))  # (B, E)
+        h = state[0] if isinstance(state, tuple) else state  # (B, H)
+        if self.attention is None:
+            context, weights = memory.summary, None
+        else:
+            context, weights = attend(self.attention.scores(h, memory.projected), memory.keys, memory.mask)
+        state = self.cell(torch.cat([embedded, context], -1), state)
+        h = state[0] if isinstance(state, tuple) else state
+        logits = self.out(self.dropout(torch.tanh(self.pre_output(torch.cat([h, context, embedded], -1)))))
+        return logits, state, weights
+
+
+class Seq2Seq(nn.Module):
+    """Encoder, decoder and the decoding loops.
+
+    Args:
+        source_vocab_size: Source vocabulary size.
+        target_vocab_size: Target vocabulary size.
+        embedding_dim: Token embedding size (source and target).
+        hidden_size: Encoder units per direction, and decoder state size.
+        rnn: ``gru`` or ``lstm``, encoder and decoder.
+        attention: ``additive`` (Bahdanau), ``multiplicative`` (Luong) or ``none`` (fixed context).
+        dropout: Dropout on embeddings and before the output layer.
+        pad_id: Padding token id (both vocabularies).
+        bos_id: Begin-of-sentence id: the first decoder input.
+        eos_id: End-of-sentence id: decoding stops after it.
+    """
+
+    def __init__(
+        self,
+        source_vocab_size: int,
+        target_vocab_size: int,
+        embedding_dim: int = 128,
+        hidden_size: int = 256,
+        rnn: Literal["gru", "lstm"] = "gru",
+        attention: Literal["additive", "multiplicative", "none"] = "additive",
+        dropout: float = 0.1,
+        pad_id: int = 0,
+        bos_id: int = 2,
+        eos_id: int = 3,
+    ) -> None:
+        super().__init__()
+        if rnn not in RNNS or attention not in ("additive", "multiplicative", "none"):
+            raise ValueError(f"unknown rnn {rnn!r} or attention {attention!r}")
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.encoder = Encoder(source_vocab_size, embedding_dim, hidden_size, rnn, dropout, pad_id)
+        self.decoder = Decoder(target_vocab_size, embedding_dim, hidden_size, 2 * hidden_size, rnn, attention, dropout, pad_id)
+        # The decoder's first state from the encoder's final states (Bahdanau: from the backward one;
+        # both directions here, so the no-attention baseline starts from the whole sentence).
+        self.bridge = nn.Linear(2 * hidden_size, hidden_size)
+        self.bridge_cell = nn.Linear(2 * hidden_size, hidden_size) if rnn == "lstm" else None
+
+    def encode(self, source: torch.Tensor, lengths: torch.Tensor) -> tuple[Memory, State]:
+        keys, final, cell = self.encoder(source, lengths)
+        mask = torch.arange(source.shape[1], device=source.device) < lengths.to(source.device).unsqueeze(1)  # (B, S)
+        state: State = torch.tanh(self.bridge(final))  # (B, H)
+        if self.bridge_cell is not None:
+            state = (state, torch.tanh(self.bridge_cell(cell)))
+        return self.decoder.memory(keys, mask, final), state
+
+    def forward(self, source: torch.Tensor, lengths: torch.Tensor, target_in: torch.Tensor,
+                teacher_forcing: float = 1.0) -> torch.Tensor:
+        """Logits (B, T, V) for ``target_in`` (B, T) = ``[BOS] y_1 ... y_{T-1}``.
+
+        At each step a sentence is fed the true previous token with probability ``teacher_forcing``,
+        else its own prediction (scheduled sampling), so it learns to recover from its mistakes.
+        """
+        memory, state = self.encode(source, lengths)
+        token, steps = target_in[:, 0], []
+        for t in range(target_in.shape[1]):
+            logits, state, _ = self.decoder(token, state, memory)
+            steps.append(logits)
+            if t + 1 < target_in.shape[1]:
+                token = target_in[:, t + 1]
+                if teacher_forcing < 1.0:
+                    own = logits.detach().argmax(-1)
+                    token = torch.where(torch.rand(token.shape, device=token.device) < teacher_forcing, token, own)
+        return torch.stack(steps, 1)
+
+    @torch.no_grad()
+    def greedy(self, source: torch.Tensor, lengths: torch.Tensor, max_length: int = 64
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The most likely next token at each step, for the whole batch at once.
+
+        Returns tokens (B, L) ending in ``[EOS]`` then padding, their log-probability (B,) and the
+        attention weights (B, L, S) (zeros without attention).
+        """
+        memory, state = self.encode(source, lengths)
+        b = source.shape[0]
+        token = torch.full((b,), self.bos_id, dtype=torch.long, device=source.device)
+        done = torch.zeros(b, dtype=torch.bool, device=source.device)
+        score = torch.zeros(b, device=source.device)
+        tokens, weights = [], []
+        for _ in range(max_length):
+            logits, state, attention = self.decoder(token, state, memory)
+            logp = logits.float().log_softmax(-1)  # (B, V)
+            token = logp.argmax(-1)
+            score += torch.where(done, 0.0, logp.gather(1, token[:, None]).squeeze(1))
+            token = token.masked_fill(done, self.pad_id)
+            tokens.append(token)
+            weights.append(torch.zeros_like(memory.mask, dtype=logp.dtype) if attention is None else attention)
+            done |= token == self.eos_id
+            if done.all():
+                break
+        return torch.stack(tokens, 1), score, torch.stack(weights, 1)
+
+    @torch.no_grad()
+    def beam_search(self, source: torch.Tensor, lengths: torch.Tensor, beam_size: int = 4, max_length: int = 64,
+                    length_penalty: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best of ``beam_size`` hypotheses per sentence, all sentences of the batch in one loop.
+
+        Hypotheses are ranked by log-probability while searching; a finished one (it produced
+        ``[EOS]``) keeps its score and is extended only by padding at no cost. At the end each is
+        divided by the GNMT length penalty ``((5 + length) / 6) ** length_penalty``, so longer
+        translations are not lost to shorter ones merely for having more factors below one.
+        With ``beam_size=1`` this is exactly ``greedy``.
+
+        Returns tokens (B, L) ending in ``[EOS]`` then padding, and their log-probability (B,).
+        """
+        b, k = source.shape[0], beam_size
+        memory, state = self.encode(source, lengths)
+        memory, state = memory.repeat(k), select(state, torch.arange(b, device=source.device).repeat_interleave(k))
+        device = source.device
+        # Only the first hypothesis of a sentence is live at the start: the others are its copies.
+        scores = torch.full((b, k), float("-inf"), device=device)
+        scores[:, 0] = 0.0
+        token = torch.full((b * k,), self.bos_id, dtype=torch.long, device=device)
+        done = torch.zeros(b * k, dtype=torch.bool, device=device)
+        length = torch.zeros(b * k, device=device)
+        history = torch.empty(b * k, 0, dtype=torch.long, device=device)
+        first_row = torch.arange(b, device=device).unsqueeze(1) * k  # (B, 1)
+        for _ in range(max_length):
+            logits, state, _ = self.decoder(token, state, memory)
+            logp = logits.float().log_softmax(-1)  # (B*K, V)
+            vocab = logp.shape[-1]
+            # A finished hypothesis continues with padding only, at log-probability 0.
+            finished = torch.full_like(logp, float("-inf"))
+            finished[:, self.pad_id] = 0.0
+            logp = torch.where(done.unsqueeze(1), finished, logp)
+            candidates = (scores.reshape(-1, 1) + logp).reshape(b, k * vocab)
+            scores, index = candidates.topk(k, dim=1)  # (B, K)
+            rows = (first_row + index // vocab).reshape(-1)  # (B*K,) the hypothesis each one extends
+            token = (index % vocab).reshape(-1)
+            history = torch.cat([history[rows], token.unsqueeze(1)], 1)
+            length = length[rows] + (~done[rows]).float()
+            done = done[rows] | (token == self.eos_id)
+            state = select(state, rows)
+            if done.all():
+                break
+        penalty = ((5.0 + length.reshape(b, k)) / 6.0) ** length_penalty
+        best = (scores / penalty).argmax(1)  # (B,)
+        rows = first_row.squeeze(1) + best
+        return history[rows], scores[torch.arange(b, device=device), best]
