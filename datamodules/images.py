@@ -106,8 +106,8 @@ class ImageDataModule(MNISTDataModule):
         augment: Random rotation, shift and zoom of training digits (not for torchvision backbones).
         num_workers: DataLoader worker processes (0 loads in the main process).
         seed: Seed of the train/val/test split and of the labelled subset.
-        classes: Digits only: keep these digits, relabelled 0..k-1 in this order.
-        labels_per_class: Keep only this many training images of each class (a label budget).
+        classes: Digits only (a folder's classes are its sub-folders): keep these digits, relabelled 0..k-1.
+        labels_per_class: Digits only: keep this many training images of each class (a label budget).
         predict_path: For ``predict``: a folder of images (or, for digits, a ``.npy`` array of 28x28 images).
     """
 
@@ -153,8 +153,6 @@ class ImageDataModule(MNISTDataModule):
     def scanned(self) -> tuple[list[Path], list[int], list[str]]:
         if self.hparams.path is None:
             raise DataError("--data.dataset=folder needs --data.path: a folder with one sub-folder of images per class")
-        if self.hparams.classes is not None:
-            raise DataError("--data.classes picks digits; a folder's classes are its sub-folders")
         return image_folder(Path(self.hparams.path))
 
     @property
@@ -199,12 +197,9 @@ class ImageDataModule(MNISTDataModule):
         for split, rows in splits.items():
             if len(rows) == 0:
                 raise DataError(f"--data.path {h.path}: {len(files)} images leave the {split} split empty")
-        tensors = {split: (rows, torch.tensor(labels)[rows]) for split, rows in splits.items()}
-        if h.labels_per_class is not None:  # label_budget keeps rows of the already shuffled split
-            tensors["train"] = self.label_budget(*tensors["train"])
         self.splits = {
-            split: ImageFiles([files[i] for i in rows.tolist()], split_labels.tolist(), load)
-            for split, (rows, split_labels) in tensors.items()
+            split: ImageFiles([files[i] for i in rows.tolist()], [labels[i] for i in rows.tolist()], load)
+            for split, rows in splits.items()
         }
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:

@@ -1,0 +1,194 @@
+"""Finetuning: each backbone kind, the freeze/unfreeze schedule, image folders, bad input, and the
+app from fit to predict on the finetuned checkpoint alone."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from PIL import Image
+
+import apps.autoencoder.__main__ as autoencoder_app
+import apps.finetune.__main__ as finetune_app
+import apps.mnist.__main__ as mnist_app
+from datamodules.images import ImageDataModule
+from datamodules.mnist import load_digits_28
+from datamodules.sources import DataError
+from models.finetune import FinetuneClassifier
+
+QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+TINY_FIT = ["--data.dataset=digits", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+
+
+def run(main, *args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(list(args))
+    return out.getvalue()
+
+
+def checkpoint_of(workdir: Path, output: str) -> Path:
+    return workdir / next(l.split(": ", 1)[1] for l in output.splitlines() if l.startswith("checkpoint: "))
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory) -> dict[str, Path]:
+    """A LeNet of apps.mnist trained on digits 0-4 and an autoencoder of apps.autoencoder, briefly."""
+    workdir = tmp_path_factory.mktemp("backbones")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        lenet = run(mnist_app.main, "fit", *TINY_FIT, "--data.classes=[0,1,2,3,4]", *QUIET)
+        autoencoder = run(autoencoder_app.main, "fit", *TINY_FIT, "--model.channels=8", *QUIET)
+    return {"lenet": checkpoint_of(workdir, lenet), "autoencoder": checkpoint_of(workdir, autoencoder)}
+
+
+def write_folder(root: Path, classes: list[str], per_class: int = 5, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("kind, features", [("lenet", 84), ("autoencoder", 16)])
+def test_project_backbones_load_their_weights_and_size_the_head(backbones, kind: str, features: int) -> None:
+    module = FinetuneClassifier(label_names=["5", "6", "7"], backbone=str(backbones[kind]))
+    module.configure_model()
+    assert module.head[-1].in_features == features
+    assert module(torch.randn(4, 1, 28, 28)).shape == (4, 3)
+    first_conv = next(m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv2d)).weight.detach().clone()
+    module.load_pretrained()
+    state = torch.load(backbones[kind], weights_only=True)["state_dict"]
+    pretrained = state["net.features.0.weight" if kind == "lenet" else "net.encoder.features.0.weight"]
+    assert torch.equal(next(m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv2d)).weight, pretrained)
+    assert not torch.equal(first_conv, pretrained)
+
+
+def test_torchvision_backbone_by_name_without_weights() -> None:
+    module = FinetuneClassifier(label_names=["a", "b"], backbone="resnet18", pretrained=False)
+    module.configure_model()
+    assert isinstance(module.backbone.fc, torch.nn.Identity) and module.head[-1].in_features == 512
+    assert module(torch.randn(2, 3, 64, 64)).shape == (2, 2)
+
+
+class Record(Callback):
+    """What requires grad and the optimizer's groups, once per epoch, after every epoch-start hook."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            bn = [m for m in pl_module.backbone.modules() if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d)]
+            self.epochs.append(
+                {
+                    "trainable": {n.split(".")[0] for n, p in pl_module.named_parameters() if p.requires_grad},
+                    "bn_trainable": any(p.requires_grad for m in bn for p in m.parameters()),
+                    "bn_training": any(m.training for m in bn),
+                    "lrs": [g["lr"] for g in trainer.optimizers[0].param_groups],
+                    "sizes": [len(g["params"]) for g in trainer.optimizers[0].param_groups],
+                }
+            )
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_backbone_is_frozen_then_unfrozen_with_a_lower_learning_rate(backbones, train_bn: bool, tmp_path) -> None:
+    data = ImageDataModule(dataset="digits", backbone=str(backbones["lenet"]), classes=[5, 6, 7, 8, 9], labels_per_class=4)
+    module = FinetuneClassifier(
+        data.label_names, backbone=str(backbones["lenet"]), unfreeze_at_epoch=2, backbone_lr_factor=0.1, train_bn=train_bn
+    )
+    record = Record()
+    trainer = Trainer(
+        max_epochs=3, limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[record], default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=data)
+    before, after = record.epochs[1], record.epochs[2]
+    assert before["trainable"] == ({"head", "backbone"} if train_bn else {"head"})
+    assert before["bn_trainable"] == train_bn == before["bn_training"]
+    assert len(before["lrs"]) == 1
+    assert after["trainable"] == {"head", "backbone"}
+    assert after["bn_trainable"] == train_bn == after["bn_training"]
+    assert after["lrs"] == pytest.approx([before["lrs"][0], 0.1 * before["lrs"][0]])
+    bn = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+    in_group = [p for m in module.backbone.modules() if train_bn or not isinstance(m, bn) for p in m.parameters(recurse=False)]
+    assert after["sizes"][-1] == len(in_group) - (sum(before["sizes"]) - len(list(module.head.parameters())))
+
+
+def test_lenet_backbone_fit_then_test_and_predict_need_only_the_finetuned_checkpoint(backbones, tmp_path, monkeypatch) -> None:
+    backbone = tmp_path / "backbone.ckpt"
+    shutil.copy(backbones["lenet"], backbone)
+    monkeypatch.chdir(tmp_path)
+    fit = run(finetune_app.main, "fit", *TINY_FIT, f"--model.backbone={backbone}", "--model.unfreeze_at_epoch=0", *QUIET)
+    best = checkpoint_of(tmp_path, fit)
+    backbone.unlink()  # the finetuned checkpoint carries the backbone's architecture and weights
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert "test/acc=" in run(finetune_app.main, "test", f"--ckpt_path={best}", *QUIET)
+    images, _ = load_digits_28()
+    np.save(elsewhere / "digits.npy", images[:6].numpy())
+    run(finetune_app.main, "predict", f"--ckpt_path={best}", "--data.predict_path=digits.npy", "--output=out.csv")
+    rows = list(csv.DictReader(open(elsewhere / "out.csv")))
+    assert len(rows) == 6 and {row["label"] for row in rows} <= {"5", "6", "7", "8", "9"}
+
+
+def test_torchvision_backbone_on_an_image_folder(tmp_path, monkeypatch) -> None:
+    """resnet18 with random weights on a tiny folder, its weights' transforms; predict from the checkpoint."""
+    write_folder(tmp_path / "images", ["cat", "dog"])
+    monkeypatch.chdir(tmp_path)
+    args = ["--model.backbone=resnet18", "--model.pretrained=false", "--data.dataset=folder", "--data.path=images"]
+    fit = run(finetune_app.main, "fit", *args, "--data.batch_size=4", "--trainer.max_epochs=1", *QUIET)
+    best = checkpoint_of(tmp_path, fit)
+    data = ImageDataModule(dataset="folder", path="images", backbone="resnet18")
+    data.setup("fit")
+    assert next(iter(data.train_dataloader()))[0].shape[1:] == (3, 224, 224)
+    run(finetune_app.main, "predict", f"--ckpt_path={best}", "--data.predict_path=images/cat", "--output=out.csv")
+    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+    assert [row["input"] for row in rows] == [f"{i}.png" for i in range(5)] and {r["label"] for r in rows} <= {"cat", "dog"}
+
+
+def fails_with(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        finetune_app.main(list(args))
+    assert exit_.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1
+    return err[0]
+
+
+def test_bad_input_ends_in_one_line(backbones, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights
+    tiny = [*TINY_FIT, *QUIET]
+    (tmp_path / "not.ckpt").write_bytes(b"not a checkpoint")
+    torch.save({"state_dict": {"net.weight": torch.zeros(1)}, "hyper_parameters": {}}, tmp_path / "other.ckpt")
+    write_folder(tmp_path / "one", ["cats"])
+    write_folder(tmp_path / "broken", ["cats", "dogs"], per_class=3)
+    (tmp_path / "broken/dogs/2.png").write_bytes(b"\x89PNG truncated")
+    cases = [
+        (["--model.backbone=other.ckpt"], "a checkpoint of neither apps.mnist (LeNet) nor apps.autoencoder"),
+        (["--model.backbone=not.ckpt"], "not a readable Lightning checkpoint"),
+        (["--model.backbone=missing.ckpt"], "neither a torchvision model name nor a checkpoint file"),
+        (["--model.backbone=resnet18"], "pass --model.pretrained=false"),
+        ([f"--model.backbone={backbones['lenet']}", "--data.labels_per_class=1000"], "the training split has only"),
+        ([f"--model.backbone={backbones['lenet']}", "--data.dataset=folder", "--data.path=one"], "found only 'cats'"),
+        ([f"--model.backbone={backbones['lenet']}", "--data.dataset=folder", "--data.path=broken"], "2.png: unreadable image"),
+    ]
+    for args, message in cases:
+        assert message in fails_with(capsys, "fit", *tiny, *args)
+
+
+def test_a_folder_needs_two_classes(tmp_path) -> None:
+    write_folder(tmp_path / "one", ["cats"])
+    with pytest.raises(DataError, match="at least two sub-folders"):
+        ImageDataModule(dataset="folder", path=str(tmp_path / "one")).label_names
