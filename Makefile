@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/python -m apps.mnist fit
+	$(BIN)/python -m apps.sentiment fit
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

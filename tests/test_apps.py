@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import apps.mnist.__main__ as mnist_app
+import apps.sentiment.__main__ as sentiment_app
 from wandb_run import config_keys, history_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,18 @@ def mnist_predict_inputs(folder: Path) -> tuple[list[str], list[str]]:
     return [f"--data.predict_path={folder / 'digits.npy'}"], [str(y) for y in labels[:20].tolist()]
 
 
+def sentiment_predict_inputs(folder: Path) -> tuple[list[str], list[str]]:
+    """Twenty positive and twenty negative tweets, in a text file, one per line."""
+    from datamodules.sentiment import read_tweets
+
+    texts, labels = read_tweets()
+    picked = [i for i, label in enumerate(labels) if label == "positive"][:20]
+    picked += [i for i, label in enumerate(labels) if label == "negative"][:20]
+    lines = [" ".join(texts[i].split()) for i in picked]
+    (folder / "texts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [f"--data.predict_path={folder / 'texts.txt'}"], [labels[i] for i in picked]
+
+
 @dataclass
 class App:
     main: Callable[[list[str]], None]
@@ -39,6 +52,7 @@ class App:
     predict_inputs: Callable[[Path], tuple[list[str], list[str]]]
     pictures: list[str] = field(default_factory=list)
     min_predict_accuracy: float = 0.8
+    test: list[str] = field(default_factory=list)  # limits that `fit`'s test and `test` share
 
 
 APPS = {
@@ -48,6 +62,21 @@ APPS = {
         train=["--trainer.max_epochs=3"],
         predict_inputs=mnist_predict_inputs,
         pictures=["test_confusion_matrix.png", "test_misclassified.png"],
+    ),
+    "sentiment": App(
+        main=sentiment_app.main,
+        data=["--data.dataset=tweets", "--data.vocab_size=5000"],
+        train=[
+            "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=60",
+            "--trainer.limit_val_batches=10",
+            "--model.embedding_dim=32",
+            "--model.hidden_size=32",
+        ],
+        test=["--trainer.limit_test_batches=10"],
+        predict_inputs=sentiment_predict_inputs,
+        pictures=["test_confusion_matrix.png"],
+        min_predict_accuracy=0.6,
     ),
 }
 
@@ -77,7 +106,7 @@ def trained(request, tmp_path_factory) -> tuple[App, Path, str]:
     workdir = tmp_path_factory.mktemp(request.param)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
-        output = run(app, "fit", *app.data, *app.train)
+        output = run(app, "fit", *app.data, *app.train, *app.test)
     return app, workdir, output
 
 
@@ -115,7 +144,7 @@ def test_test_and_predict_need_only_the_checkpoint(trained, tmp_path: Path, monk
     best = best_checkpoint(workdir, fit_output)
     monkeypatch.chdir(tmp_path)  # nothing from the fit run's folder but the checkpoint
 
-    tested = printed_metrics(run(app, "test", f"--ckpt_path={best}"))
+    tested = printed_metrics(run(app, "test", f"--ckpt_path={best}", *app.test))
     assert tested == pytest.approx(printed_metrics(fit_output), abs=1e-4)
 
     args, truth = app.predict_inputs(tmp_path)
