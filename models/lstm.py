@@ -1,6 +1,6 @@
 """The recurrent text classifier of ``python -m apps.sentiment``. Plain PyTorch, no Lightning.
 
-``LSTMClassifier``: embedding -> stacked (bi)LSTM -> last hidden states -> linear head. The recurrent
+``LSTMClassifier``: embedding -> stacked (bi)LSTM -> max over positions (or last states) -> linear head. The recurrent
 core is either ``nn.LSTM`` over packed sequences (``cell="fused"``, cuDNN/oneDNN kernels) or
 ``LayerNormLSTM``, the same recurrence written out gate by gate with layer normalisation
 (``cell="layernorm"``, Ba et al. 2016), to read and to compare against.
@@ -14,9 +14,10 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 Cell = Literal["fused", "layernorm"]
+Pooling = Literal["last", "max"]
 
 
 class LayerNormLSTMCell(nn.Module):
@@ -93,8 +94,9 @@ class LayerNormLSTM(nn.Module):
             outputs.append(h)
         return torch.stack(outputs, 1) * valid, h
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """x (B, T, I) padded, lengths (B,) -> final hidden state of the last layer, (B, directions * H)."""
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, I) padded, lengths (B,) -> the last layer's outputs (B, T, directions * H), zero
+        where padded, and its final hidden states (B, directions * H)."""
         for i, layer in enumerate(self.cells):
             if i:
                 x = self.dropout(x)
@@ -105,11 +107,16 @@ class LayerNormLSTM(nn.Module):
                 outputs.append(reverse_valid(backward_out, lengths))
                 finals.append(backward_h)
             x = torch.cat(outputs, -1)  # (B, T, directions * H)
-        return torch.cat(finals, -1)
+        return x, torch.cat(finals, -1)
 
 
 class LSTMClassifier(nn.Module):
-    """Embedding -> ``num_layers`` LSTM layers -> final hidden states (both directions) -> linear.
+    """Embedding -> ``num_layers`` LSTM layers -> pooled states -> linear.
+
+    ``pooling="last"`` classifies from the final hidden states (of both directions);
+    ``pooling="max"`` from the element-wise maximum of the last layer's outputs over the text's own
+    positions, which lets a strong word anywhere in the text decide, not only what the state at the
+    end remembers (Conneau et al. 2017 found max pooling best for BiLSTM sentence encoders).
 
     Args:
         vocab_size: Rows of the embedding; token 0 is padding.
@@ -120,20 +127,25 @@ class LSTMClassifier(nn.Module):
         bidirectional: Also read each text backwards and concatenate both final states.
         dropout: Dropout on the embeddings, between LSTM layers and before the head.
         cell: ``fused`` (``nn.LSTM`` on packed sequences) or ``layernorm`` (``LayerNormLSTM``).
+        pooling: ``last`` (final hidden states) or ``max`` (max over positions of the last layer's outputs).
     """
 
     def __init__(
         self,
         vocab_size: int,
         num_classes: int,
-        embedding_dim: int = 128,
-        hidden_size: int = 128,
+        embedding_dim: int = 64,
+        hidden_size: int = 64,
         num_layers: int = 2,
         bidirectional: bool = True,
-        dropout: float = 0.3,
+        dropout: float = 0.4,
         cell: Cell = "fused",
+        pooling: Pooling = "max",
     ) -> None:
         super().__init__()
+        if pooling not in ("last", "max"):
+            raise ValueError(f"pooling must be 'last' or 'max', not {pooling!r}")
+        self.pooling = pooling
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.cell = cell
         if cell == "fused":
@@ -154,11 +166,16 @@ class LSTMClassifier(nn.Module):
         if self.cell == "fused":
             # Packing skips the padding: each direction runs exactly `length` steps per text.
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            _, (h_n, _) = self.rnn(packed)  # h_n (num_layers * directions, B, H)
+            packed_out, (h_n, _) = self.rnn(packed)  # h_n (num_layers * directions, B, H)
             directions = 2 if self.rnn.bidirectional else 1
             final = torch.cat(list(h_n[-directions:]), -1)  # last layer, both directions: (B, directions * H)
+            if self.pooling == "max":
+                outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=tokens.shape[1])
         else:
-            final = self.rnn(x, lengths)
+            outputs, final = self.rnn(x, lengths)  # (B, T, directions * H), (B, directions * H)
+        if self.pooling == "max":
+            padded = torch.arange(tokens.shape[1], device=tokens.device) >= lengths.to(tokens.device).unsqueeze(1)
+            final = outputs.masked_fill(padded.unsqueeze(-1), float("-inf")).amax(1)  # (B, directions * H)
         return self.head(self.dropout(final))
 
     @torch.no_grad()

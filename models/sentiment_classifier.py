@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from datamodules.sources import DataError
 from models.classifier import Classifier
-from models.lstm import Cell, LSTMClassifier, read_glove
+from models.lstm import Cell, LSTMClassifier, Pooling, read_glove
 from models.reports import log_confusion_matrix
 
 
@@ -27,6 +27,7 @@ class SentimentClassifier(Classifier):
         bidirectional: Read texts in both directions.
         dropout: Dropout on embeddings, between LSTM layers and before the head.
         cell: ``fused`` (``nn.LSTM`` over packed sequences) or ``layernorm`` (step-by-step layer-normalised cell).
+        pooling: ``max`` (over the last layer's outputs) or ``last`` (final hidden states) feeds the head.
         glove_path: GloVe-format text file (``word v1 v2 ...``) to initialise the embedding from at ``fit``.
         freeze_embedding: Keep the embedding fixed during training (meant for GloVe vectors).
         optimizer: Optimizer class and arguments.
@@ -39,12 +40,13 @@ class SentimentClassifier(Classifier):
         self,
         label_names: list[str],
         vocab_size: int = 20000,
-        embedding_dim: int = 128,
-        hidden_size: int = 128,
+        embedding_dim: int = 64,
+        hidden_size: int = 64,
         num_layers: int = 2,
         bidirectional: bool = True,
-        dropout: float = 0.3,
+        dropout: float = 0.4,
         cell: Cell = "fused",
+        pooling: Pooling = "max",
         glove_path: str | None = None,
         freeze_embedding: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -54,7 +56,7 @@ class SentimentClassifier(Classifier):
     ) -> None:
         super().__init__(label_names, optimizer, scheduler, label_smoothing)
         self.net = LSTMClassifier(
-            vocab_size, len(label_names), embedding_dim, hidden_size, num_layers, bidirectional, dropout, cell
+            vocab_size, len(label_names), embedding_dim, hidden_size, num_layers, bidirectional, dropout, cell, pooling
         )
         if freeze_embedding and glove_path is None:
             self.net.embedding.weight.requires_grad_(False)
