@@ -1,6 +1,6 @@
 """LSTM training speed: length buckets + packed sequences versus padding every batch to the maximum length.
 
-    python -m benchmarks.packed_vs_padded [--examples 512] [--repeats 5] [--max-length 512]
+    python -m benchmarks.packed_vs_padded [--examples 256] [--repeats 3] [--max-length 512]
 
 One run times both, interleaved (A B A B ...), so a machine that gets busier or quieter affects both
 alike, and reports the median time of a pass over the same examples. The texts are synthetic, with
@@ -53,10 +53,10 @@ def train_pass(net: LSTMClassifier, optimizer: torch.optim.Optimizer, batches: l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=512)
+    parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     torch.manual_seed(0)
