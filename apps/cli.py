@@ -200,11 +200,12 @@ class AppCLI(LightningCLI):
                     print(f"W&B run saved offline in {where}; upload it with: wandb sync {where}")
 
 
-def run_app(*args: Any, **kwargs: Any) -> None:
-    """Build and run an ``AppCLI``; a ``DataError`` ends the program with a one-line message."""
+def run_app(*args: Any, cli_class: type[AppCLI] = AppCLI, **kwargs: Any) -> None:
+    """Build and run an ``AppCLI`` (or the app's subclass); a ``DataError`` ends the program with a
+    one-line message."""
     failed = True
     try:
-        AppCLI(*args, **kwargs)
+        cli_class(*args, **kwargs)
         failed = False
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)

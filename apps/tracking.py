@@ -45,10 +45,19 @@ class WandbLogger(loggers.WandbLogger):
         tags: list[str] | None = None,
     ) -> None:
         if offline is None:
-            offline = not os.environ.get("WANDB_MODE") and not wandb_credentials()
+            # WANDB_MODE wins (Lightning itself sets it to "dryrun" for an offline run, for the process).
+            mode = os.environ.get("WANDB_MODE")
+            offline = mode in ("offline", "dryrun") if mode else not wandb_credentials()
         self.offline = offline
         super().__init__(
-            project=project, save_dir=save_dir, name=name, offline=offline, log_model=log_model, tags=tags
+            project=project,
+            # Absolute: wandb caches the working directory of its first run in a process, and would
+            # put a later run's relative folder under that one.
+            save_dir=os.path.abspath(save_dir),
+            name=name,
+            offline=offline,
+            log_model=log_model,
+            tags=tags,
         )
         # Lightning always passes `anonymous`, which wandb 0.31 ignores with a warning on every run.
         self._wandb_init.pop("anonymous", None)

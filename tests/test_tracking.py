@@ -24,9 +24,11 @@ def test_a_netrc_login_means_online(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert not WandbLogger().offline
 
 
-def test_wandb_mode_in_the_environment_decides(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert not WandbLogger().offline  # not forced offline: wandb itself reads WANDB_MODE
+@pytest.mark.parametrize("mode, offline", [("disabled", False), ("online", False), ("offline", True), ("dryrun", True)])
+def test_wandb_mode_in_the_environment_decides(mode: str, offline: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_MODE", mode)
+    assert WandbLogger().offline is offline
 
 
 def test_explicit_offline_wins(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,12 +10,10 @@ The default backbone, runs/pretrained/lenet-digits-0-4.ckpt, is made by `python 
 on digits 0-4 the first time it is missing (about half a minute on 2 CPU cores).
 """
 
-import sys
 from pathlib import Path
 
 from apps.cli import AppCLI, run_app
 from datamodules.images import ImageDataModule
-from datamodules.sources import DataError
 from models.finetune import FinetuneClassifier
 
 
@@ -28,25 +26,16 @@ class FinetuneCLI(AppCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    # run_app, with FinetuneCLI in place of AppCLI (run_app takes no CLI class yet).
-    failed = True
-    try:
-        FinetuneCLI(
-            FinetuneClassifier,
-            ImageDataModule,
-            name="finetune",
-            config=Path(__file__).with_name("config.yaml"),
-            monitor="val/acc",
-            links=("label_names",),
-            args=args,
-        )
-        failed = False
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        if "wandb" in sys.modules:
-            sys.modules["wandb"].finish(exit_code=1 if failed else 0)
+    run_app(
+        FinetuneClassifier,
+        ImageDataModule,
+        cli_class=FinetuneCLI,
+        name="finetune",
+        config=Path(__file__).with_name("config.yaml"),
+        monitor="val/acc",
+        links=("label_names",),
+        args=args,
+    )
 
 
 if __name__ == "__main__":
