@@ -44,7 +44,9 @@ class Memory:
 
     def repeat(self, k: int) -> Memory:
         """Each row ``k`` times in a row, for ``k`` beam hypotheses per sentence."""
-        rep = lambda t: None if t is None else t.repeat_interleave(k, dim=0)  # noqa: E731
+        def rep(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.repeat_interleave(k, dim=0)
+
         return Memory(rep(self.keys), rep(self.projected), rep(self.mask), rep(self.summary))
 
 
