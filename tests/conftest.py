@@ -33,6 +33,13 @@ def offline(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def no_wandb_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning sets WANDB_MODE=dryrun for the whole process when it starts an offline run; each
+    test starts without it, as a new process would."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
     """Write ``array`` (uint8) in MNIST's IDX format: magic, dimension sizes, raw bytes."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

@@ -308,7 +308,13 @@ def test_mnist_file_problems_stop_fit_with_one_line(problem, message, tmp_path: 
     assert len(err) == 1 and message in err[0]
 
 
-@pytest.mark.parametrize("name", sorted(APPS))
+# The issues of mnist and sentiment ask for a DDP test in the default suite; the others run with -m slow.
+DDP_DEFAULT = {"mnist", "sentiment"}
+
+
+@pytest.mark.parametrize(
+    "name", [name if name in DDP_DEFAULT else pytest.param(name, marks=pytest.mark.slow) for name in sorted(APPS)]
+)
 def test_ddp_on_two_cpu_processes(name: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = [
