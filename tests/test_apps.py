@@ -21,6 +21,7 @@ import apps.autoencoder.__main__ as autoencoder_app
 import apps.finetune.__main__ as finetune_app
 import apps.mnist.__main__ as mnist_app
 import apps.sentiment.__main__ as sentiment_app
+import apps.translate.__main__ as translate_app
 from wandb_run import config_keys, history_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +64,16 @@ def finetune_predict_inputs(folder: Path) -> tuple[list[str], list[str]]:
     return [f"--data.predict_path={folder / 'digits.npy'}"], [str(y) for y in labels[keep].tolist()]
 
 
+def translate_predict_inputs(folder: Path) -> tuple[list[str], list[str]]:
+    """Twenty training phrases of the test's CLDR data, one a line; returns args and references."""
+    from datamodules.translation import TranslationDataModule
+
+    data = TranslationDataModule(dataset="cldr", size=1500)
+    train = data.split(data.load_pairs("cldr"))["train"][:20]
+    (folder / "phrases.txt").write_text("".join(f"{source}\n" for source, _ in train), encoding="utf-8")
+    return [f"--data.predict_path={folder / 'phrases.txt'}"], [target for _, target in train]
+
+
 # A LeNet pretrained on digits 0-4, made once per session, so the finetune tests do not make the
 # app pretrain its default backbone.
 FINETUNE_BACKBONE = Path(tempfile.mkdtemp(prefix="backbone-")) / "lenet-digits-0-4.ckpt"
@@ -100,6 +111,7 @@ class App:
     min_predict_accuracy: float = 0.8
     test: list[str] = field(default_factory=list)  # limits that `fit`'s test and `test` share
     metrics: set[str] = field(default_factory=lambda: set(CLASSIFIER_METRICS))  # logged by `fit`
+    predicted: str = "label"  # the column of the predict output compared with the truth
 
 
 APPS = {
@@ -141,6 +153,16 @@ APPS = {
         pictures=["test_confusion_matrix.png"],
         min_predict_accuracy=0.5,
     ),
+    "translate": App(
+        main=translate_app.main,
+        data=["--data.dataset=cldr", "--data.size=1500"],
+        train=["--trainer.max_epochs=2", "--model.embedding_dim=32", "--model.hidden_size=64", "--model.beam_size=2"],
+        predict_inputs=translate_predict_inputs,
+        pictures=["test_attention.png"],
+        metrics={"train/loss", "val/loss", "val/exact_match", "test/exact_match", "test/bleu", "test/chrf"},
+        predicted="translation",
+        min_predict_accuracy=0.0,  # a 2-epoch tiny model gets few phrases exactly right; rows and order are checked
+    ),
 }
 
 
@@ -162,6 +184,14 @@ def run(app: App, *args: str) -> str:
 def printed_metrics(output: str) -> dict[str, float]:
     line = next(line for line in output.splitlines() if line.startswith("test metrics: "))
     return {k: float(v) for k, v in (pair.split("=") for pair in line.split()[2:])}
+
+
+def inputs_in_order(args: list[str]) -> list[str]:
+    """What the predict output's `input` column must list, in order, for the app test's inputs."""
+    path = Path(next(a.split("=", 1)[1] for a in args if a.startswith("--data.predict_path=")))
+    if path.suffix == ".npy":
+        return [f"{path.name}[{i}]" for i in range(len(np.load(path)))]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def best_checkpoint(workdir: Path, output: str) -> Path:
@@ -228,8 +258,9 @@ def test_test_and_predict_need_only_the_checkpoint(trained, tmp_path: Path, monk
         assert len(rows) == 20 and all(0 <= float(row["mse"]) < 0.3 for row in rows)
         return
     assert len(rows) == len(truth)
-    assert all(0 < float(row["probability"]) <= 1 for row in rows)
-    accuracy = np.mean([row["label"] == label for row, label in zip(rows, truth)])
+    assert all(0 <= float(row["probability"]) <= 1 for row in rows)  # a long sequence's may underflow to 0
+    assert [row["input"] for row in rows] == inputs_in_order(args)
+    accuracy = np.mean([row[app.predicted] == label for row, label in zip(rows, truth)])
     assert accuracy >= app.min_predict_accuracy
 
 
