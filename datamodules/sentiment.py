@@ -33,7 +33,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from datamodules.sources import DataError, announce, network_timeout, reachable, record_source, seeded_split
-from datamodules.text import BucketBatchSampler, EncodedTexts, encode, pad_collate, train_tokenizer
+from datamodules.text import EncodedTexts, bucketed_loader, encode, pad_collate, train_tokenizer
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
@@ -377,27 +377,7 @@ class SentimentDataModule(LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         data, h = self.dataset(split), self.hparams
-        if split == "predict":  # input order, which PredictionWriter relies on
-            sampler: Any = [list(range(i, min(i + h.batch_size, len(data)))) for i in range(0, len(data), h.batch_size)]
-        else:
-            trainer = self.trainer
-            sampler = BucketBatchSampler(
-                data.lengths,
-                h.batch_size,
-                shuffle=split == "train",
-                seed=h.seed,
-                num_replicas=trainer.world_size if trainer else 1,
-                rank=trainer.global_rank if trainer else 0,
-            )
-        # batch_size=None: the sampler yields whole batches (see BucketBatchSampler).
-        return DataLoader(
-            data,
-            sampler=sampler,
-            batch_size=None,
-            collate_fn=pad_collate,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
-        )
+        return bucketed_loader(data, data.lengths, split, h.batch_size, h.seed, h.num_workers, self.trainer, pad_collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -10,11 +10,12 @@ sequences (``models/lstm.py``) then skip the padding that is left.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 PAD, UNK = "[PAD]", "[UNK]"
 # Fixed ids: the collate pads with 0 and the embedding's padding_idx is 0.
@@ -181,3 +182,31 @@ class BucketBatchSampler(Sampler[list[int]]):
         total = len(self) * self.num_replicas
         batches += (batches * math.ceil(total / len(batches)))[: total - len(batches)]
         return iter(batches[self.rank : total : self.num_replicas])
+
+
+def bucketed_loader(data: Dataset, lengths: Sequence[int], split: str, batch_size: int, seed: int,
+                    num_workers: int, trainer, collate_fn: Callable) -> DataLoader:
+    """A DataLoader of length buckets (``BucketBatchSampler``, sharded over the trainer's DDP ranks),
+    or, for ``predict``, of consecutive batches in input order, which ``PredictionWriter`` relies on.
+
+    ``data`` is indexed by a whole batch of indices (``batch_size=None``: the sampler yields batches).
+    """
+    if split == "predict":
+        sampler: Any = [list(range(i, min(i + batch_size, len(data)))) for i in range(0, len(data), batch_size)]
+    else:
+        sampler = BucketBatchSampler(
+            lengths,
+            batch_size,
+            shuffle=split == "train",
+            seed=seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+    return DataLoader(
+        data,
+        sampler=sampler,
+        batch_size=None,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.cldr_pairs import check_pair, generate_pairs
 from datamodules.sources import DataError, announce, network_timeout, reachable, record_source, seeded_split
-from datamodules.text import BucketBatchSampler
+from datamodules.text import bucketed_loader
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 # Fixed ids in both vocabularies: the collate pads with 0, the net starts from 2 and stops at 3.
@@ -395,30 +395,10 @@ class TranslationDataModule(LightningDataModule):
         return EncodedPairs(sources, source_ids, targets, target_ids)
 
     def _loader(self, split: str) -> DataLoader:
+        # Pairs of similar length batched together: a batch is as wide as its longest pair, and the
+        # decoder runs one step per target token, so mixing a 5- and a 20-token pair wastes 15 steps.
         data, h = self.encode(split), self.hparams
-        if split == "predict":  # input order, which PredictionWriter relies on
-            sampler: Any = [list(range(i, min(i + h.batch_size, len(data)))) for i in range(0, len(data), h.batch_size)]
-        else:
-            # Pairs of similar length batched together: a batch is as wide as its longest pair, and the
-            # decoder runs one step per target token, so mixing a 5- and a 20-token pair wastes 15 steps.
-            trainer = self.trainer
-            sampler = BucketBatchSampler(
-                data.lengths,
-                h.batch_size,
-                shuffle=split == "train",
-                seed=h.seed,
-                num_replicas=trainer.world_size if trainer else 1,
-                rank=trainer.global_rank if trainer else 0,
-            )
-        # batch_size=None: the sampler yields whole batches (see BucketBatchSampler).
-        return DataLoader(
-            data,
-            sampler=sampler,
-            batch_size=None,
-            collate_fn=collate_pairs,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
-        )
+        return bucketed_loader(data, data.lengths, split, h.batch_size, h.seed, h.num_workers, self.trainer, collate_pairs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

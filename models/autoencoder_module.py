@@ -23,6 +23,7 @@ from torchvision.utils import make_grid
 
 from datamodules.mnist import MEAN, STD
 from models.autoencoder import ConvAutoencoder
+from models.optim import injected_optimizers
 from models.reports import log_image
 
 STAGES = ("train", "val", "test")
@@ -173,8 +174,4 @@ class AutoencoderModule(LightningModule):
                 print(f"wrote {sum(len(r) for r in self.reconstructions)} reconstructions to {path}")
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return optimizer
-        scheduler = self.scheduler(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        return injected_optimizers(self.parameters(), self.optimizer, self.scheduler)

@@ -17,6 +17,8 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from models.optim import injected_optimizers
+
 STAGES = ("train", "val", "test")
 
 
@@ -95,8 +97,4 @@ class Classifier(LightningModule):
         return [{"label": names[i], "probability": p} for i, p in zip(label.tolist(), prob.tolist())]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return optimizer
-        scheduler = self.scheduler(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        return injected_optimizers(self.parameters(), self.optimizer, self.scheduler)

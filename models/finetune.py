@@ -37,6 +37,7 @@ from datamodules.sources import DataError, network_timeout, reachable
 from models.autoencoder import ConvEncoder
 from models.classifier import Classifier
 from models.lenet import LeNet5
+from models.optim import injected_optimizers
 from models.reports import log_confusion_matrix
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,11 +275,7 @@ class FinetuneClassifier(Classifier):
 
     def configure_optimizers(self) -> Any:
         # Only what trains from the start (the head); UnfreezeBackbone adds the backbone's group later.
-        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
-        if self.scheduler is None:
-            return optimizer
-        scheduler = self.scheduler(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        return injected_optimizers([p for p in self.parameters() if p.requires_grad], self.optimizer, self.scheduler)
 
 
 class UnfreezeBackbone(BaseFinetuning):

@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.text import BLEUScore, CHRFScore, Perplexity
 
 from datamodules.translation import BOS_ID, EOS_ID, PAD_ID, cut_at_eos
+from models.optim import injected_optimizers
 from models.reports import log_image
 from models.seq2seq import Seq2Seq
 
@@ -183,8 +184,4 @@ class Translator(LightningModule):
         return [{"translation": t, "probability": p} for t, p in zip(texts, scores.exp().tolist())]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return optimizer
-        scheduler = self.scheduler(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        return injected_optimizers(self.parameters(), self.optimizer, self.scheduler)
