@@ -155,7 +155,12 @@ class AppCLI(LightningCLI):
             key = f"data.{key}"
             if key in config and config[key] == defaults.get(key):
                 config[key] = value
-        super()._parse_ckpt_path()
+        # What Lightning's own _parse_ckpt_path does for the model, without loading the file again:
+        # the checkpoint's model hyperparameters override the config (the weights must fit them).
+        model = dict(checkpoint.get("hyper_parameters", {}))
+        model.pop("_instantiator", None)
+        if model:
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer_config = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import apps.autoencoder.__main__ as autoencoder_app
 import apps.finetune.__main__ as finetune_app
@@ -266,11 +267,26 @@ def test_test_and_predict_need_only_the_checkpoint(trained, tmp_path: Path, monk
 
 @pytest.mark.parametrize("name", sorted(APPS))
 def test_print_config_shows_the_app_defaults(name: str, capsys) -> None:
+    """Every value of the app's config.yaml is in the resolved config (and so reaches the run)."""
     with pytest.raises(SystemExit) as exit_:
         APPS[name].main(["fit", "--print_config"])
     assert exit_.value.code == 0
-    printed = capsys.readouterr().out
-    assert "class_path: torch.optim.AdamW" in printed and "monitor: val/" in printed
+    printed = yaml.safe_load(capsys.readouterr().out)
+    app_config = yaml.safe_load((REPO / "apps" / name / "config.yaml").read_text())
+
+    def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(leaves(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    resolved = leaves(printed)
+    expected = leaves(app_config)
+    assert expected and {key: resolved.get(key) for key in expected} == expected
+    assert printed["checkpoint"]["monitor"].startswith("val/")
 
 
 @pytest.mark.parametrize("name", sorted(APPS))
