@@ -23,8 +23,10 @@ class Row:
     data: str  # which data the row used
 
     def markdown(self) -> str:
+        """The row as one line of a markdown table: a ``|`` inside a cell is escaped, line breaks become spaces."""
         verdict = {True: "met", False: "**not met**", None: "-"}[self.met]
-        return f"| {self.name} | {self.measured} | {self.goal} | {verdict} | {self.data} |"
+        cells = [self.name, self.measured, self.goal, verdict, self.data]
+        return "| " + " | ".join(" ".join(cell.replace("|", "\\|").split()) for cell in cells) + " |"
 
 
 def machine() -> str:
@@ -62,5 +64,21 @@ def ratio(numerator: list[float], denominator: list[float]) -> tuple[float, floa
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
+def difference(minuend: list[float], subtrahend: list[float]) -> tuple[float, float, float]:
+    """Median of the per-round differences, with their min and max (paired as in ``ratio``)."""
+    differences = [a - b for a, b in zip(minuend, subtrahend)]
+    return statistics.median(differences), min(differences), max(differences)
+
+
 def fmt_ratio(median: float, low: float, high: float) -> str:
     return f"{median:.2f}x ({low:.2f}-{high:.2f})"
+
+
+def not_measured(name: str, goal: str, why: str) -> Row:
+    """A row that states its goal but has no figure in this run, and says why."""
+    return Row(name=name, measured="not measured", goal=goal, met=None, data=why)
+
+
+def full_run_only(name: str, goal: str, what: str) -> Row:
+    """The quick run's stand-in for a row too slow for it; ``what`` says what the full run does."""
+    return Row(name=name, measured="full run only", goal=goal, met=None, data=what)
