@@ -1,6 +1,6 @@
 """LeNet-5 (the app's default config) against scikit-learn's SVC on the same test digits.
 
-    python -m benchmarks.mnist_baseline
+    python -m benchmarks.mnist_baseline     # prints the table; `python -m benchmarks` takes ``row``
 
 Both use the DataModule's seeded split of scikit-learn's digits: the SVC fits the original 8x8
 scans of the train + val images, LeNet trains with `python -m apps.mnist fit` defaults.
@@ -18,6 +18,7 @@ from sklearn.datasets import load_digits
 from sklearn.svm import SVC
 
 import apps.mnist.__main__ as mnist_app
+from benchmarks.harness import Row, full_run_only
 from datamodules.mnist import MNISTDataModule
 from datamodules.sources import seeded_split
 
@@ -41,13 +42,32 @@ def lenet_accuracy() -> tuple[float, float]:
     return float(metrics["test/acc"]), time.perf_counter() - started
 
 
-def main() -> None:
-    defaults = MNISTDataModule()
-    h = defaults.hparams
+def compare() -> tuple[float, float, float, int]:
+    """SVC and LeNet test accuracy on the same split, LeNet's `fit` wall time, and the test size."""
+    h = MNISTDataModule().hparams
     svc = svc_accuracy(h.seed, h.test_fraction, h.val_fraction)
     lenet, seconds = lenet_accuracy()
-    n_test = round(1797 * h.test_fraction)
-    print(f"\nscikit-learn digits, seeded split (seed {h.seed}), {n_test} test images, {os.cpu_count()} CPU cores")
+    return svc, lenet, seconds, round(1797 * h.test_fraction)
+
+
+def row(quick: bool) -> Row:
+    """The BENCHMARKS.md row; a full run only (a default `fit`)."""
+    name, goal = "Quality: LeNet-5 vs SVC (RBF) test accuracy on the digits", "LeNet >= SVC"
+    if quick:
+        return full_run_only(name, goal, "a default `python -m apps.mnist fit` and an SVC on the same split")
+    svc, lenet, seconds, n_test = compare()
+    return Row(
+        name=name,
+        measured=f"LeNet {lenet:.4f} vs SVC {svc:.4f}",
+        goal=goal,
+        met=lenet >= svc,
+        data=f"{n_test} test images of scikit-learn's digits, seeded split; LeNet: `apps.mnist fit` defaults ({seconds:.0f} s)",
+    )
+
+
+def main() -> None:
+    svc, lenet, seconds, n_test = compare()
+    print(f"\nscikit-learn digits, seeded split (seed {MNISTDataModule().hparams.seed}), {n_test} test images, {os.cpu_count()} CPU cores")
     print("| model | test accuracy |")
     print("|---|---|")
     print(f"| SVC (RBF, gamma=scale) on the 8x8 scans | {svc:.4f} |")
