@@ -1,0 +1,103 @@
+"""Decoding: the translate app's batched beam search against translating one sentence at a time.
+
+Both run ``Seq2Seq.beam_search`` with the app's settings (beam 4, length penalty 0.6) on the same
+test phrases of the offline CLDR pairs: batched, on the DataModule's test batches (64 phrases of
+similar length, padded to the longest); one at a time, on each phrase alone, unpadded.
+
+- full run: the app's model trained for 1 epoch (``python -m apps.translate fit
+  --trainer.max_epochs=1``, defaults otherwise), decoding up to the app's ``max_length`` and stopping
+  at ``[EOS]``: a batch runs until its longest translation ends, a single phrase until its own does.
+- quick run: an untrained model on 2,000 pairs, with ``[EOS]`` made impossible, so every phrase
+  decodes exactly as many steps as the longest reference among them. Without training the steps
+  taken do not depend on the weights; with ``[EOS]`` allowed they would be random.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+
+import torch
+
+from benchmarks.attention_vs_none import fit, load
+from benchmarks.harness import Row, fmt_ratio, interleaved, ratio
+from datamodules.translation import EOS_ID, TranslationDataModule
+from models.translator import Translator
+
+GOAL = 10.0
+
+
+def untrained(size: int) -> tuple[TranslationDataModule, Translator]:
+    """CLDR pairs with tokenizers trained on them, and a seeded untrained model that never emits [EOS]."""
+    data = TranslationDataModule(dataset="cldr", size=size)
+    data.setup("fit")
+    torch.manual_seed(0)
+    model = Translator(data.source_vocab_size, data.target_vocab_size).eval()
+    with torch.no_grad():
+        model.net.decoder.out.bias[EOS_ID] = float("-inf")
+    return data, model
+
+
+def trained(workdir: str) -> tuple[TranslationDataModule, Translator]:
+    """The app's model after one epoch on the CLDR pairs (app defaults otherwise), and its DataModule."""
+    checkpoint, _ = fit(["--data.dataset=cldr", "--trainer.max_epochs=1"], workdir)
+    return load(checkpoint)
+
+
+def sampled_test_batches(data: TranslationDataModule, n: int) -> list[dict]:
+    """The DataModule's test batches (length buckets) of ``n`` test pairs drawn with a fixed seed."""
+    data.splits["test"] = random.Random(0).sample(data.splits["test"], n)
+    return list(data.test_dataloader())
+
+
+def compare(data: TranslationDataModule, model: Translator, batches: list[dict], repeats: int, max_length: int,
+            model_used: str) -> Row:
+    """Time both ways of decoding the phrases of ``batches`` with ``model``."""
+    h, n = model.hparams, sum(len(batch["source"]) for batch in batches)
+
+    def search(source: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        tokens, _ = model.net.beam_search(source, lengths, h.beam_size, max_length, h.length_penalty)
+        return tokens.tolist()
+
+    def batched() -> list[list[int]]:
+        return [ids for batch in batches for ids in search(batch["source"], batch["source_lengths"])]
+
+    def one_at_a_time() -> list[list[int]]:
+        translations = []
+        for batch in batches:
+            for source, length in zip(batch["source"], batch["source_lengths"]):
+                translations += search(source[None, :length], length[None])  # (1, S): no padding
+        return translations
+
+    translations: dict[str, list[str]] = {}
+
+    def keep(name: str, decode) -> None:
+        translations[name] = data.decode(decode())
+
+    seconds = interleaved({"batched": lambda: keep("batched", batched), "single": lambda: keep("single", one_at_a_time)}, repeats)
+    median, low, high = ratio(seconds["single"], seconds["batched"])
+    same = sum(a == b for a, b in zip(translations["batched"], translations["single"]))
+    return Row(
+        name=f"Decoding: batched beam search / one sentence at a time (beam {h.beam_size}, {repeats} rounds, {n / min(seconds['batched']):,.0f} phrases/s batched)",
+        measured=fmt_ratio(median, low, high),
+        goal=f">= {GOAL:.0f}x",
+        met=median >= GOAL,
+        data=(
+            f"{n:,} test phrases of the CLDR en->fr pairs, {len(batches)} test batch(es) of up to {data.hparams.batch_size}; "
+            f"{model_used}; same translation both ways for {same}/{n}"
+        ),
+    )
+
+
+def decoding(quick: bool) -> Row:
+    if quick:
+        data, model = untrained(size=2_000)
+        batches = sampled_test_batches(data, 32)
+        # As many steps as the longest reference among them: target (B, T) is [BOS] ... [EOS].
+        steps = max(batch["target"].shape[1] for batch in batches) - 1
+        return compare(data, model, batches, 3, steps, f"untrained model, [EOS] disabled: every phrase decodes {steps} steps")
+    with tempfile.TemporaryDirectory() as workdir:
+        data, model = trained(workdir)
+    steps = model.hparams.max_length
+    used = f"model trained 1 epoch (app defaults), up to {steps} steps, stopping at [EOS]"
+    return compare(data, model, sampled_test_batches(data, 512), 5, steps, used)
