@@ -30,7 +30,7 @@ class PILDigits(Dataset):
 
 
 def data_path(quick: bool) -> Row:
-    n, repeats, batch_size = (4_000, 3, 64) if quick else (20_000, 5, 64)
+    n, repeats, batch_size = (2_000, 3, 64) if quick else (20_000, 5, 64)
     images, labels = mnist_shaped_digits(n)
     dm = MNISTDataModule(dataset="digits", batch_size=batch_size)
     dm.trainer = SimpleNamespace(training=True)  # so on_after_batch_transfer augments, as in fit

@@ -20,8 +20,8 @@ def tweet_texts() -> list[str]:
 
 
 def tokenization(quick: bool) -> Row:
-    texts = tweet_texts()
-    repeats = 3 if quick else 7
+    n, repeats = (10_000, 3) if quick else (None, 7)
+    texts = tweet_texts()[:n]
     tokenizer = train_tokenizer(texts, vocab_size=20_000, min_frequency=2, max_length=256)
     vocab = tokenizer.get_vocab()  # the same vocabulary for the Python tokenizer
 

@@ -1,0 +1,75 @@
+"""The benchmark harness: interleaving order, the ratio and difference arithmetic, the markdown rows,
+and a whole ``python -m benchmarks`` run over stand-in measures (the real ones take minutes; CI runs
+``python -m benchmarks --quick`` for those)."""
+
+from __future__ import annotations
+
+import pytest
+
+import benchmarks.__main__ as benchmarks_main
+from benchmarks.harness import Row, difference, fmt_ratio, interleaved, not_measured, ratio
+
+
+def test_interleaved_warms_up_then_alternates_the_order() -> None:
+    calls = []
+    seconds = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    # One untimed warm-up each, then A B, B A, A B: drift hits both alike.
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert [len(s) for s in seconds.values()] == [3, 3]
+    assert all(s >= 0 for times in seconds.values() for s in times)
+
+
+def test_ratio_is_the_median_of_per_round_ratios() -> None:
+    # Per round: 2, 4, 3 -> median 3; the ratio of the medians (6 / 2) would be the same here,
+    # but a slow round that hits both candidates (round 3) must not widen the spread.
+    assert ratio([2.0, 4.0, 30.0], [1.0, 1.0, 10.0]) == (3.0, 2.0, 4.0)
+    assert ratio([1.0], [4.0]) == (0.25, 0.25, 0.25)
+
+
+def test_difference_is_the_median_of_per_round_differences() -> None:
+    assert difference([3.0, 5.0, 14.0], [1.0, 2.0, 10.0]) == (3.0, 2.0, 4.0)
+
+
+def test_fmt_ratio() -> None:
+    assert fmt_ratio(1.034, 0.981, 1.2) == "1.03x (0.98-1.20)"
+
+
+@pytest.mark.parametrize(("met", "verdict"), [(True, "met"), (False, "**not met**"), (None, "-")])
+def test_row_markdown(met: bool | None, verdict: str) -> None:
+    row = Row(name="A / B", measured="1.03x (0.98-1.07)", goal="<= 1.05x", met=met, data="some data")
+    assert row.markdown() == f"| A / B | 1.03x (0.98-1.07) | <= 1.05x | {verdict} | some data |"
+
+
+def test_row_markdown_keeps_a_cell_in_its_column() -> None:
+    row = Row(name="a | b", measured="1x", goal="-", met=None, data="line one\nline two")
+    assert row.markdown() == "| a \\| b | 1x | - | - | line one line two |"
+
+
+def test_not_measured_says_why() -> None:
+    row = not_measured("GPU", "<= 1x", "no GPU")
+    assert (row.measured, row.met, row.data) == ("not measured", None, "no GPU")
+
+
+def test_main_writes_every_row_and_fails_on_a_broken_one(tmp_path, monkeypatch, capsys) -> None:
+    def broken(quick: bool) -> Row:
+        raise RuntimeError("boom")
+
+    measures = [
+        ("one", lambda quick: Row("one", f"quick={quick}", "-", True, "d")),
+        ("broken", broken),
+        ("two rows", lambda quick: [Row("two", "2x", "-", False, "d"), Row("three", "3x", "-", None, "d")]),
+        ("missing", benchmarks_main.provided("harness", "no_such_row", "not there yet")),
+    ]
+    monkeypatch.setattr(benchmarks_main, "MEASURES", measures)
+    output = tmp_path / "BENCHMARKS.md"
+
+    assert benchmarks_main.main(["--quick", "--output", str(output)]) == 1
+    text = output.read_text()
+    assert not (tmp_path / "BENCHMARKS.md.partial").exists()
+    table = [line for line in text.splitlines() if line.startswith("| ") and "comparison" not in line]
+    assert [line.split(" | ")[0] for line in table] == ["| one", "| broken", "| two", "| three", "| not there yet", "| GPU rows (LeNet images/s on GPU-resident tensors vs DataLoader, FLOP utilisation, bf16 vs fp32, torch.compile, cuDNN LSTM vs layer-norm cell)"]
+    assert "quick=True" in table[0]
+    assert "**failed**" in table[1] and "RuntimeError: boom" in table[1]
+    assert "`benchmarks.harness.no_such_row(quick)` does not exist yet" in table[4]
+    assert "--quick` (quick run)" in text
+    assert "| one |" in capsys.readouterr().err  # each row reported as it completes
