@@ -1,10 +1,24 @@
 """The recurrent text classifier of ``python -m apps.sentiment``. Plain PyTorch, no Lightning.
 
-``LSTMClassifier``: embedding -> stacked (bi)LSTM -> max over positions (or last states) -> linear head. The recurrent
-core is either ``nn.LSTM`` over packed sequences (``cell="fused"``, cuDNN/oneDNN kernels) or
-``LayerNormLSTM``, the same recurrence written out gate by gate with layer normalisation
+``LSTMClassifier``: embedding -> stacked (bi)LSTM -> max over positions (or last states) -> linear head.
+``StackedLSTM`` runs each layer and direction as its own one-directional recurrence over a batch padded
+at the end: either ``nn.LSTM`` (``cell="fused"``, the oneDNN kernels on CPU, cuDNN on CUDA) or
+``LayerNormLSTMLayer``, the same recurrence written out gate by gate with layer normalisation
 (``cell="layernorm"``, Ba et al. 2016), to read and to compare against.
-Both ignore padding: a padded position never changes a text's prediction.
+
+Padding never changes a text's prediction, and no packing is needed for that:
+
+- forward direction: the padding comes after a text's last token, so it cannot reach the outputs at
+  the text's own positions;
+- backward direction: each text is reversed within its own length (``reverse_valid``), run forwards,
+  and reversed back, so it also starts at the text's last token with its padding at the end;
+- pooling reads only a text's own positions (masked max, or the states at its first and last token).
+
+Why not ``pack_padded_sequence``: on CPU, ``nn.LSTM`` runs a packed batch step by step outside the
+oneDNN kernel, about 4 times slower than the padded batch (``python -m benchmarks.packed_vs_padded``);
+length buckets keep the padding small anyway. On CUDA, cuDNN runs packed batches at full speed, so
+there each direction packs (``StackedLSTM.pack``). The parameters are the same either way: a
+checkpoint trained on one device loads on the other.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 Cell = Literal["fused", "layernorm"]
-Pooling = Literal["last", "max"]
+Pooling = Literal["last", "max", "max_mean"]
 
 
 class LayerNormLSTMCell(nn.Module):
@@ -53,70 +67,98 @@ class LayerNormLSTMCell(nn.Module):
         return h, c
 
 
-def reverse_valid(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse each sequence of ``x`` (B, T, D) within its own length; padding stays at the end."""
-    t = torch.arange(x.shape[1], device=x.device)
-    lengths = lengths.to(x.device).unsqueeze(1)
-    index = torch.where(t < lengths, lengths - 1 - t, t)  # (B, T)
-    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+class LayerNormLSTMLayer(nn.Module):
+    """One direction of one layer of ``LayerNormLSTMCell`` steps: a Python loop over time.
 
-
-class LayerNormLSTM(nn.Module):
-    """Stacked, optionally bidirectional LSTM of ``LayerNormLSTMCell`` steps, a Python loop over time.
-
-    Padded batches with lengths instead of packed sequences: at step t only the rows with
-    ``t < length`` update their state, so a text's final state is the one at its own last token, and
-    the backward direction starts at each text's last token (``reverse_valid``), as packing gives
-    ``nn.LSTM``. Dropout is applied to the outputs of every layer but the last, as in ``nn.LSTM``.
+    Called like a one-layer ``nn.LSTM(batch_first=True)``: x (B, T, I) -> (outputs (B, T, H), None).
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, dropout: float) -> None:
+    def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
+        self.cell = LayerNormLSTMCell(input_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        state = (x.new_zeros(x.shape[0], self.cell.hidden_size),) * 2  # (h, c) each (B, H)
+        outputs = []
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+            outputs.append(state[0])
+        return torch.stack(outputs, 1), None
+
+
+def reverse_valid(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of ``x`` (B, T, D) within its own length; padding stays at the end."""
+    b, steps = x.shape[:2]
+    t = torch.arange(steps, device=x.device)
+    lengths = lengths.to(x.device).unsqueeze(1)
+    index = torch.where(t < lengths, lengths - 1 - t, t)  # (B, T): the step each position reads
+    # One row lookup in (B * T, D), whose backward (index_add) is cheaper on CPU than gather's.
+    rows = index + steps * torch.arange(b, device=x.device).unsqueeze(1)
+    return x.flatten(0, 1).index_select(0, rows.flatten()).view_as(x)
+
+
+class StackedLSTM(nn.Module):
+    """``num_layers`` (bi)LSTM layers over a batch padded at the end, one recurrence per direction.
+
+    Layer ``l``, direction ``d`` is ``self.layers[l][d]``: a one-layer ``nn.LSTM`` (``cell="fused"``)
+    or a ``LayerNormLSTMLayer``. Dropout is applied to the outputs of every layer but the last, as in
+    ``nn.LSTM``. Outputs at padded positions are left as they come (not zeroed): the caller reads only
+    a text's own positions.
+
+    ``pack``: run each ``nn.LSTM`` on packed sequences, which skips the padded steps. ``None`` (the
+    default) packs on CUDA only, where cuDNN makes it pay; on CPU it would leave the oneDNN kernel.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, dropout: float,
+                 cell: Cell) -> None:
+        super().__init__()
+        if cell == "fused":
+            def direction(size: int) -> nn.Module:
+                return nn.LSTM(size, hidden_size, batch_first=True)
+        elif cell == "layernorm":
+            def direction(size: int) -> nn.Module:
+                return LayerNormLSTMLayer(size, hidden_size)
+        else:
+            raise ValueError(f"cell must be 'fused' or 'layernorm', not {cell!r}")
         self.directions = 2 if bidirectional else 1
-        self.cells = nn.ModuleList(
-            nn.ModuleList(
-                LayerNormLSTMCell(input_size if layer == 0 else hidden_size * self.directions, hidden_size)
-                for _ in range(self.directions)
-            )
+        self.layers = nn.ModuleList(
+            nn.ModuleList(direction(input_size if layer == 0 else hidden_size * self.directions)
+                          for _ in range(self.directions))
             for layer in range(num_layers)
         )
         self.dropout = nn.Dropout(dropout)
+        self.pack: bool | None = None
 
-    def run(self, cell: LayerNormLSTMCell, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One direction of one layer: x (B, T, I) -> outputs (B, T, H) and final h (B, H)."""
-        b, steps, _ = x.shape
-        h = c = x.new_zeros(b, cell.hidden_size)
-        valid = (torch.arange(steps, device=x.device) < lengths.to(x.device).unsqueeze(1)).unsqueeze(-1)  # (B, T, 1)
-        outputs = []
-        for t in range(steps):
-            h_new, c_new = cell(x[:, t], (h, c))
-            h, c = torch.where(valid[:, t], h_new, h), torch.where(valid[:, t], c_new, c)
-            outputs.append(h)
-        return torch.stack(outputs, 1) * valid, h
+    def run(self, rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """One direction of one layer, left to right: x (B, T, I) -> outputs (B, T, H)."""
+        pack = x.is_cuda if self.pack is None else self.pack
+        if pack and isinstance(rnn, nn.LSTM):
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            return pad_packed_sequence(rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+        return rnn(x)[0]
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, I) padded, lengths (B,) -> the last layer's outputs (B, T, directions * H), zero
-        where padded, and its final hidden states (B, directions * H)."""
-        for i, layer in enumerate(self.cells):
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x (B, T, I) padded at the end, lengths (B,) -> the last layer's outputs (B, T, directions * H)."""
+        for i, layer in enumerate(self.layers):
             if i:
                 x = self.dropout(x)
-            forward_out, forward_h = self.run(layer[0], x, lengths)
-            outputs, finals = [forward_out], [forward_h]
+            outputs = [self.run(layer[0], x, lengths)]
             if self.directions == 2:
-                backward_out, backward_h = self.run(layer[1], reverse_valid(x, lengths), lengths)
-                outputs.append(reverse_valid(backward_out, lengths))
-                finals.append(backward_h)
+                backward = self.run(layer[1], reverse_valid(x, lengths), lengths)  # read from the last token
+                outputs.append(reverse_valid(backward, lengths))  # back in text order
             x = torch.cat(outputs, -1)  # (B, T, directions * H)
-        return x, torch.cat(finals, -1)
+        return x
 
 
 class LSTMClassifier(nn.Module):
     """Embedding -> ``num_layers`` LSTM layers -> pooled states -> linear.
 
-    ``pooling="last"`` classifies from the final hidden states (of both directions);
-    ``pooling="max"`` from the element-wise maximum of the last layer's outputs over the text's own
-    positions, which lets a strong word anywhere in the text decide, not only what the state at the
-    end remembers (Conneau et al. 2017 found max pooling best for BiLSTM sentence encoders).
+    ``pooling="last"`` classifies from the final hidden states: the forward direction's at the text's
+    last token and the backward direction's at its first; ``pooling="max"`` from the element-wise
+    maximum of the last layer's outputs over the text's own positions, which lets a strong word
+    anywhere in the text decide, not only what the state at the end remembers (Conneau et al. 2017
+    found max pooling best for BiLSTM sentence encoders); ``pooling="max_mean"`` concatenates that
+    maximum and the mean over the text's positions (twice the head's input).
 
     Args:
         vocab_size: Rows of the embedding; token 0 is padding.
@@ -124,10 +166,11 @@ class LSTMClassifier(nn.Module):
         embedding_dim: Size of a token vector (that of the GloVe file, when one is loaded).
         hidden_size: LSTM state size per direction.
         num_layers: Stacked LSTM layers.
-        bidirectional: Also read each text backwards and concatenate both final states.
+        bidirectional: Also read each text backwards and concatenate both directions.
         dropout: Dropout on the embeddings, between LSTM layers and before the head.
-        cell: ``fused`` (``nn.LSTM`` on packed sequences) or ``layernorm`` (``LayerNormLSTM``).
-        pooling: ``last`` (final hidden states) or ``max`` (max over positions of the last layer's outputs).
+        cell: ``fused`` (``nn.LSTM`` kernels) or ``layernorm`` (``LayerNormLSTMCell`` steps).
+        pooling: ``last`` (final hidden states), ``max`` (max over positions of the last layer's outputs)
+            or ``max_mean`` (max and mean over positions, concatenated).
     """
 
     def __init__(
@@ -143,40 +186,31 @@ class LSTMClassifier(nn.Module):
         pooling: Pooling = "max",
     ) -> None:
         super().__init__()
-        if pooling not in ("last", "max"):
-            raise ValueError(f"pooling must be 'last' or 'max', not {pooling!r}")
+        if pooling not in ("last", "max", "max_mean"):
+            raise ValueError(f"pooling must be 'last', 'max' or 'max_mean', not {pooling!r}")
         self.pooling = pooling
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
-        self.cell = cell
-        if cell == "fused":
-            self.rnn: nn.Module = nn.LSTM(
-                embedding_dim, hidden_size, num_layers, batch_first=True,
-                dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional,
-            )
-        elif cell == "layernorm":
-            self.rnn = LayerNormLSTM(embedding_dim, hidden_size, num_layers, bidirectional, dropout)
-        else:
-            raise ValueError(f"cell must be 'fused' or 'layernorm', not {cell!r}")
+        self.rnn = StackedLSTM(embedding_dim, hidden_size, num_layers, bidirectional, dropout, cell)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+        features = hidden_size * self.rnn.directions * (2 if pooling == "max_mean" else 1)
+        self.head = nn.Linear(features, num_classes)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) padded with 0, lengths (B,) >= 1 -> (B, num_classes) logits."""
-        x = self.dropout(self.embedding(tokens))  # (B, T, E)
-        if self.cell == "fused":
-            # Packing skips the padding: each direction runs exactly `length` steps per text.
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            packed_out, (h_n, _) = self.rnn(packed)  # h_n (num_layers * directions, B, H)
-            directions = 2 if self.rnn.bidirectional else 1
-            final = torch.cat(list(h_n[-directions:]), -1)  # last layer, both directions: (B, directions * H)
-            if self.pooling == "max":
-                outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=tokens.shape[1])
+        lengths = lengths.to(tokens.device)
+        outputs = self.rnn(self.dropout(self.embedding(tokens)), lengths)  # (B, T, directions * H)
+        if self.pooling == "last":
+            hidden = outputs.shape[-1] // self.rnn.directions
+            last = outputs[torch.arange(len(tokens), device=tokens.device), lengths - 1]  # (B, directions * H)
+            # The forward direction ends at the last token, the backward one at the first.
+            pooled = torch.cat([last[:, :hidden], outputs[:, 0, hidden:]], -1)
         else:
-            outputs, final = self.rnn(x, lengths)  # (B, T, directions * H), (B, directions * H)
-        if self.pooling == "max":
-            padded = torch.arange(tokens.shape[1], device=tokens.device) >= lengths.to(tokens.device).unsqueeze(1)
-            final = outputs.masked_fill(padded.unsqueeze(-1), float("-inf")).amax(1)  # (B, directions * H)
-        return self.head(self.dropout(final))
+            padded = (torch.arange(tokens.shape[1], device=tokens.device) >= lengths.unsqueeze(1)).unsqueeze(-1)
+            pooled = outputs.masked_fill(padded, float("-inf")).amax(1)  # (B, directions * H)
+            if self.pooling == "max_mean":
+                mean = outputs.masked_fill(padded, 0.0).sum(1) / lengths.unsqueeze(1)  # (B, directions * H)
+                pooled = torch.cat([pooled, mean], -1)
+        return self.head(self.dropout(pooled))
 
     @torch.no_grad()
     def load_embeddings(self, vectors: torch.Tensor, found: torch.Tensor, freeze: bool) -> None:

@@ -26,8 +26,10 @@ class SentimentClassifier(Classifier):
         num_layers: Stacked LSTM layers.
         bidirectional: Read texts in both directions.
         dropout: Dropout on embeddings, between LSTM layers and before the head.
-        cell: ``fused`` (``nn.LSTM`` over packed sequences) or ``layernorm`` (step-by-step layer-normalised cell).
-        pooling: ``max`` (over the last layer's outputs) or ``last`` (final hidden states) feeds the head.
+        cell: ``fused`` (``nn.LSTM`` kernels: oneDNN on CPU, cuDNN on CUDA) or ``layernorm`` (step-by-step
+            layer-normalised cell).
+        pooling: ``max`` (over the last layer's outputs), ``max_mean`` (max and mean, concatenated) or
+            ``last`` (final hidden states) feeds the head.
         glove_path: GloVe-format text file (``word v1 v2 ...``) to initialise the embedding from at ``fit``.
         freeze_embedding: Keep the embedding fixed during training (meant for GloVe vectors).
         optimizer: Optimizer class and arguments.

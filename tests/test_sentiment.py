@@ -158,11 +158,13 @@ def test_bad_input_through_the_app_is_one_line_and_exit_2(tmp_path: Path, monkey
 # -- nets ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("pooling", ["max", "last", "max_mean"])
 @pytest.mark.parametrize("cell", ["fused", "layernorm"])
 @pytest.mark.parametrize("bidirectional", [True, False])
-def test_net_shapes_and_padding_does_not_change_predictions(cell: str, bidirectional: bool) -> None:
+def test_net_shapes_and_padding_does_not_change_predictions(cell: str, bidirectional: bool, pooling: str) -> None:
     torch.manual_seed(0)
-    net = LSTMClassifier(50, 3, embedding_dim=8, hidden_size=6, bidirectional=bidirectional, cell=cell).eval()
+    net = LSTMClassifier(50, 3, embedding_dim=8, hidden_size=6, bidirectional=bidirectional, cell=cell,
+                         pooling=pooling).eval()
     tokens = torch.randint(2, 50, (4, 7))
     lengths = torch.tensor([7, 3, 1, 5])
     tokens[torch.arange(7) >= lengths.unsqueeze(1)] = 0
@@ -177,6 +179,31 @@ def test_net_shapes_and_padding_does_not_change_predictions(cell: str, bidirecti
     # Each text alone (no padding at all): the same logits again.
     alone = torch.cat([net(tokens[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(4)])
     assert torch.allclose(alone, logits, atol=1e-5)
+    # Packed sequences (the CUDA path; the CPU one does not pack) skip the padding: the same logits.
+    net.rnn.pack = True
+    assert torch.allclose(net(garbage, lengths), logits, atol=1e-5)
+
+
+def test_padding_does_not_change_gradients() -> None:
+    """Training is exact too: padded positions get no gradient into the weights."""
+    torch.manual_seed(0)
+    net = LSTMClassifier(50, 2, embedding_dim=8, hidden_size=6, dropout=0.0)
+    tokens = torch.randint(2, 50, (3, 9))
+    lengths = torch.tensor([9, 4, 2])
+
+    def gradients(batch: torch.Tensor) -> list[torch.Tensor]:
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(net(batch, lengths), torch.tensor([0, 1, 1])).backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    garbage = tokens.clone()
+    garbage[torch.arange(9) >= lengths.unsqueeze(1)] = 7
+    clean = tokens.masked_fill(torch.arange(9) >= lengths.unsqueeze(1), 0)
+    for ours, reference in zip(gradients(garbage), gradients(clean)):
+        assert torch.allclose(ours, reference, atol=1e-6)
+    net.rnn.pack = True
+    for ours, reference in zip(gradients(garbage), gradients(clean)):
+        assert torch.allclose(ours, reference, atol=1e-6)
 
 
 def test_layernorm_lstm_trains() -> None:
