@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import netrc
 import os
+from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch import loggers
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
+
+from apps.reliability import continue_csv
 
 
 def wandb_credentials() -> bool:
@@ -33,6 +38,7 @@ class WandbLogger(loggers.WandbLogger):
         offline: ``None`` decides from credentials; ``WANDB_MODE`` in the environment wins over both.
         log_model: Upload checkpoints as W&B artifacts (online runs).
         tags: Tags of the run.
+        id: Continue the W&B run with this id (``fit --ckpt_path`` sets it from the checkpoint).
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class WandbLogger(loggers.WandbLogger):
         offline: bool | None = None,
         log_model: bool = False,
         tags: list[str] | None = None,
+        id: str | None = None,
     ) -> None:
         if offline is None:
             # WANDB_MODE wins (Lightning itself sets it to "dryrun" for an offline run, for the process).
@@ -58,6 +65,8 @@ class WandbLogger(loggers.WandbLogger):
             offline=offline,
             log_model=log_model,
             tags=tags,
+            # "allow": continue the run with this id if W&B has it, else start it under this id.
+            **({"id": id, "resume": "allow"} if id else {}),
         )
         # Lightning always passes `anonymous`, which wandb 0.31 ignores with a warning on every run.
         self._wandb_init.pop("anonymous", None)
@@ -66,6 +75,29 @@ class WandbLogger(loggers.WandbLogger):
     def run_dir(self) -> str:
         """The run's folder, the one ``wandb sync`` takes."""
         return os.path.dirname(self.experiment.dir)
+
+
+class CSVLogger(loggers.CSVLogger):
+    """Lightning's CSV logger (``metrics.csv`` and ``hparams.yaml`` in ``save_dir/name/version_N``)
+    that can continue a version folder: Lightning's own would delete its ``metrics.csv``."""
+
+    @rank_zero_only
+    def continue_run(self, epoch: int, step: int) -> None:
+        """Append to this version's ``metrics.csv``, first dropping the rows logged after the
+        checkpoint the run resumes from (of ``epoch`` and global ``step``)."""
+        columns = continue_csv(Path(self.log_dir, ExperimentWriter.NAME_METRICS_FILE), epoch, step)
+        self._experiment = _AppendingWriter(self.log_dir, columns)
+
+
+class _AppendingWriter(ExperimentWriter):
+    """An experiment writer that keeps the existing ``metrics.csv`` and its columns."""
+
+    def __init__(self, log_dir: str, columns: list[str]) -> None:
+        super().__init__(log_dir)
+        self.metrics_keys = sorted(columns)
+
+    def _check_log_dir_exists(self) -> None:
+        """Keep the folder's files (the base class deletes ``metrics.csv``)."""
 
 
 class LoggedConfig(SaveConfigCallback):
