@@ -100,4 +100,4 @@ def decoding(quick: bool) -> Row:
         data, model = trained(workdir)
     steps = model.hparams.max_length
     used = f"model trained 1 epoch (app defaults), up to {steps} steps, stopping at [EOS]"
-    return compare(data, model, sampled_test_batches(data, 512), 5, steps, used)
+    return compare(data, model, sampled_test_batches(data, 512), 3, steps, used)

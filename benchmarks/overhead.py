@@ -144,7 +144,7 @@ def lstm_plain_loop(datamodule: SentimentDataModule, epochs: int) -> None:
 
 
 def lstm_overhead(quick: bool) -> Row:
-    n, epochs, repeats = (1_024, 1, 3) if quick else (None, 2, 4)
+    n, epochs, repeats = (1_024, 1, 3) if quick else (None, 2, 3)
     datamodule = SentimentDataModule(dataset="tweets")
     datamodule.setup("fit")  # reads the tweets and trains the tokenizer, once
     texts, labels = datamodule.texts["train"]
