@@ -25,6 +25,7 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 from datamodules.sources import (
     DataError,
     announce,
+    check_positive,
     network_timeout,
     reachable,
     record_source,
@@ -168,6 +169,7 @@ class MNISTDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_positive(self, "batch_size")
         self.splits: dict[str, TensorBatches] = {}
         self.predict_inputs: list[str] = []
         self.download_error = ""
@@ -274,12 +276,13 @@ class MNISTDataModule(LightningDataModule):
         tensors = []
         for name, read in zip(MNIST_FILES[split], (read_image_file, read_label_file)):
             path = self.raw_dir / name
+            source = path if path.exists() else path.with_name(f"{name}.gz")  # only the .gz is here
             try:
-                if not path.exists():  # only the .gz is here
-                    path.write_bytes(gzip.decompress(path.with_name(f"{name}.gz").read_bytes()))
+                if source != path:
+                    path.write_bytes(gzip.decompress(source.read_bytes()))
                 tensors.append(read(str(path)))
             except Exception as err:  # noqa: BLE001 - torchvision raises asserts and numpy errors
-                raise DataError(f"{path}: corrupt MNIST IDX file ({err or type(err).__name__})") from None
+                raise DataError(f"{source}: corrupt MNIST IDX file ({err or type(err).__name__})") from None
         images, labels = tensors
         if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
             raise DataError(f"{self.raw_dir}: {split} images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")

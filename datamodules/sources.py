@@ -25,6 +25,15 @@ class DataError(Exception):
     """Bad or missing input data. The apps print its message as a one-line error and exit 2."""
 
 
+def check_positive(datamodule, *names: str) -> None:
+    """Raise DataError for a ``--data.<name>`` that is not a positive number (batch_size=0 would
+    otherwise fail deep inside a DataLoader, after the run has started)."""
+    for name in names:
+        value = datamodule.hparams[name]
+        if value is not None and not value > 0:
+            raise DataError(f"--data.{name}={value}: must be a positive number")
+
+
 def reachable(url: str, timeout: float = NETWORK_TIMEOUT) -> tuple[bool, str]:
     """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds, and why not."""
     parsed = urlparse(url)

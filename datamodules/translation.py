@@ -31,7 +31,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.cldr_pairs import check_pair, generate_pairs
-from datamodules.sources import DataError, announce, network_timeout, reachable, record_source, seeded_split
+from datamodules.sources import (
+    DataError,
+    announce,
+    check_positive,
+    network_timeout,
+    reachable,
+    record_source,
+    seeded_split,
+)
 from datamodules.text import bucketed_loader
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
@@ -238,6 +246,7 @@ class TranslationDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_positive(self, "batch_size", "size", "max_tokens")
         self.splits: dict[str, list[tuple[str, str]]] = {}
         self.predict_inputs: list[str] = []
         self.source_tokenizer: Tokenizer | None = None
