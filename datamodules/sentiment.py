@@ -32,7 +32,15 @@ from lightning.pytorch import LightningDataModule
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from datamodules.sources import DataError, announce, network_timeout, reachable, record_source, seeded_split
+from datamodules.sources import (
+    DataError,
+    announce,
+    check_positive,
+    network_timeout,
+    reachable,
+    record_source,
+    seeded_split,
+)
 from datamodules.text import EncodedTexts, bucketed_loader, encode, pad_collate, train_tokenizer
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
@@ -202,6 +210,7 @@ class SentimentDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_positive(self, "batch_size", "vocab_size", "max_length")
         self.tokenizer: Tokenizer | None = None
         self.texts: dict[str, Texts] = {}  # split -> (texts, label names)
         self.encoded: dict[str, EncodedTexts] = {}  # split -> token ids; cleared with a new tokenizer
