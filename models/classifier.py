@@ -69,7 +69,7 @@ class Classifier(LightningModule):
         training = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=training, on_epoch=not training, prog_bar=True, sync_dist=not training)
         metrics = self.metrics[f"{stage}_metrics"]
-        metrics(logits, target)
+        metrics.update(logits, target)  # accumulate only; computed once per epoch (per step costs ~10 ms)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=not training)
         return loss, logits
 
