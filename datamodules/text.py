@@ -3,8 +3,9 @@
 sampler that shards itself across DDP ranks, and a collate that pads each batch to its own longest text.
 
 Padding is per batch, so a batch of tweets is ~20 tokens wide even when a review in the data is 500.
-Bucketing puts texts of similar length in the same batch, so little of each batch is padding; packed
-sequences (``models/lstm.py``) then skip the padding that is left.
+Bucketing puts texts of similar length in the same batch, so little of each batch is padding; the LSTM
+(``models/lstm.py``) reads each text only up to its own length, so the padding that is left costs a
+few steps but never changes a result.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of every text, encoded in one batched (multi-threaded) call.
 
     A text with no tokens (empty or whitespace only) becomes ``[UNK]``: every sequence then has
-    length >= 1, which ``pack_padded_sequence`` requires, and the model predicts from "unknown text".
+    length >= 1 (an LSTM needs a step to pool over, and ``pack_padded_sequence`` requires it), and the
+    model predicts from "unknown text".
     """
     return [encoding.ids or [UNK_ID] for encoding in tokenizer.encode_batch(list(texts))]
 
@@ -90,7 +92,7 @@ def pad_collate(examples: list[tuple[list[int], int | None]]) -> tuple:
     """Pad a batch to its own longest text.
 
     Returns ``((tokens, lengths), target)``: tokens ``(B, T)`` int64 padded with ``PAD_ID``, lengths
-    ``(B,)`` int64 (on the CPU, where ``pack_padded_sequence`` wants them), target ``(B,)`` int64;
+    ``(B,)`` int64 (on the CPU; ``pack_padded_sequence`` wants them there), target ``(B,)`` int64;
     ``((tokens, lengths),)`` when the examples have no labels (predict).
     """
     lengths = torch.tensor([len(ids) for ids, _ in examples])
