@@ -21,7 +21,7 @@ import apps.mnist.__main__ as mnist_app
 from datamodules.images import ImageDataModule
 from datamodules.mnist import load_digits_28
 from datamodules.sources import DataError
-from models.finetune import FinetuneClassifier
+from models.finetune import RECIPES, FinetuneClassifier
 
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
 TINY_FIT = ["--data.dataset=digits", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
@@ -70,6 +70,42 @@ def test_project_backbones_load_their_weights_and_size_the_head(backbones, kind:
     pretrained = state["net.features.0.weight" if kind == "lenet" else "net.encoder.features.0.weight"]
     assert torch.equal(next(m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv2d)).weight, pretrained)
     assert not torch.equal(first_conv, pretrained)
+
+
+class FirstWeights(Callback):
+    """The backbone's weights as training starts, after every setup hook."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.state = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_fit_starts_from_the_backbone_checkpoint_weights(backbones, pretrained: bool, tmp_path) -> None:
+    """Every LeNet weight but the old head's reaches the backbone that `fit` trains, or none with pretrained=false."""
+    data = ImageDataModule(dataset="digits", backbone=str(backbones["lenet"]), classes=[5, 6, 7, 8, 9], labels_per_class=4)
+    module = FinetuneClassifier(data.label_names, backbone=str(backbones["lenet"]), pretrained=pretrained)
+    first = FirstWeights()
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[first], default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=data)
+    state = torch.load(backbones["lenet"], weights_only=True)["state_dict"]
+    lenet = {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("net.classifier.8.")}  # fc(84, 5) dropped
+    # lenet_body is Sequential(features, Flatten, *classifier[:-1]): features.i -> 0.i, classifier.i -> (2 + i)
+    renamed = {
+        k.replace("features.", "0.", 1) if k.startswith("features.") else f"{2 + int(k.split('.')[1])}.{k.split('.', 2)[2]}": v
+        for k, v in lenet.items()
+    }
+    assert renamed.keys() == first.state.keys()
+    same = [torch.equal(first.state[k], v) for k, v in renamed.items() if v.is_floating_point()]
+    assert all(same) if pretrained else not any(same[:2])  # random conv weights and biases differ
+
+
+def test_the_default_backbone_recipe_keeps_the_best_validation_loss() -> None:
+    """By accuracy the small 0-4 validation split ties at 1.0 within two epochs, and the first tie was kept."""
+    command = RECIPES["runs/pretrained/lenet-digits-0-4.ckpt"]
+    assert "--checkpoint.monitor=val/loss" in command and "--checkpoint.mode=min" in command
 
 
 def test_torchvision_backbone_by_name_without_weights() -> None:
