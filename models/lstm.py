@@ -171,6 +171,9 @@ class LSTMClassifier(nn.Module):
         cell: ``fused`` (``nn.LSTM`` kernels) or ``layernorm`` (``LayerNormLSTMCell`` steps).
         pooling: ``last`` (final hidden states), ``max`` (max over positions of the last layer's outputs)
             or ``max_mean`` (max and mean over positions, concatenated).
+        word_dropout: In training, the chance that a token is replaced by ``unknown_id``: the model
+            learns to do without any single word and meets unknown words in training as it will in use.
+        unknown_id: The token id of unknown words.
     """
 
     def __init__(
@@ -184,11 +187,14 @@ class LSTMClassifier(nn.Module):
         dropout: float = 0.4,
         cell: Cell = "fused",
         pooling: Pooling = "max",
+        word_dropout: float = 0.0,
+        unknown_id: int = 1,
     ) -> None:
         super().__init__()
         if pooling not in ("last", "max", "max_mean"):
             raise ValueError(f"pooling must be 'last', 'max' or 'max_mean', not {pooling!r}")
         self.pooling = pooling
+        self.word_dropout, self.unknown_id = word_dropout, unknown_id
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.rnn = StackedLSTM(embedding_dim, hidden_size, num_layers, bidirectional, dropout, cell)
         self.dropout = nn.Dropout(dropout)
@@ -198,6 +204,9 @@ class LSTMClassifier(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) padded with 0, lengths (B,) >= 1 -> (B, num_classes) logits."""
         lengths = lengths.to(tokens.device)
+        if self.training and self.word_dropout > 0:
+            dropped = (torch.rand(tokens.shape, device=tokens.device) < self.word_dropout) & (tokens != 0)
+            tokens = tokens.masked_fill(dropped, self.unknown_id)
         outputs = self.rnn(self.dropout(self.embedding(tokens)), lengths)  # (B, T, directions * H)
         if self.pooling == "last":
             hidden = outputs.shape[-1] // self.rnn.directions

@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.loggers import WandbLogger
 
 from datamodules.sources import DataError
+from datamodules.text import UNK_ID
 from models.classifier import Classifier
 from models.lstm import Cell, LSTMClassifier, Pooling, read_glove
 from models.reports import log_confusion_matrix
@@ -30,6 +31,7 @@ class SentimentClassifier(Classifier):
             layer-normalised cell).
         pooling: ``max`` (over the last layer's outputs), ``max_mean`` (max and mean, concatenated) or
             ``last`` (final hidden states) feeds the head.
+        word_dropout: Share of training tokens replaced by the unknown-word token.
         glove_path: GloVe-format text file (``word v1 v2 ...``) to initialise the embedding from at ``fit``.
         freeze_embedding: Keep the embedding fixed during training (meant for GloVe vectors).
         optimizer: Optimizer class and arguments.
@@ -49,6 +51,7 @@ class SentimentClassifier(Classifier):
         dropout: float = 0.4,
         cell: Cell = "fused",
         pooling: Pooling = "max",
+        word_dropout: float = 0.0,
         glove_path: str | None = None,
         freeze_embedding: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -58,7 +61,8 @@ class SentimentClassifier(Classifier):
     ) -> None:
         super().__init__(label_names, optimizer, scheduler, label_smoothing)
         self.net = LSTMClassifier(
-            vocab_size, len(label_names), embedding_dim, hidden_size, num_layers, bidirectional, dropout, cell, pooling
+            vocab_size, len(label_names), embedding_dim, hidden_size, num_layers, bidirectional, dropout, cell, pooling,
+            word_dropout, UNK_ID,
         )
         if freeze_embedding and glove_path is None:
             self.net.embedding.weight.requires_grad_(False)

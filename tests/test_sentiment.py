@@ -206,6 +206,16 @@ def test_padding_does_not_change_gradients() -> None:
         assert torch.allclose(ours, reference, atol=1e-6)
 
 
+def test_word_dropout_replaces_tokens_by_unknown_in_training_only() -> None:
+    torch.manual_seed(0)
+    net = LSTMClassifier(50, 2, embedding_dim=8, hidden_size=6, dropout=0.0, word_dropout=1.0, unknown_id=1)
+    tokens, lengths = torch.randint(2, 50, (2, 5)), torch.tensor([5, 5])
+    unknown = torch.ones_like(tokens)
+    assert torch.equal(net(tokens, lengths), net(unknown, lengths))  # training: every word dropped
+    net.eval()
+    assert not torch.equal(net(tokens, lengths), net(unknown, lengths))  # evaluation: words kept
+
+
 def test_layernorm_lstm_trains() -> None:
     torch.manual_seed(0)
     net = LSTMClassifier(20, 2, embedding_dim=8, hidden_size=8, dropout=0.0, cell="layernorm")
