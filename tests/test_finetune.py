@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import inspect
 import io
 import shutil
 from pathlib import Path
@@ -13,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from lightning.pytorch import Callback, Trainer
 from PIL import Image
 
@@ -21,9 +19,9 @@ import apps.autoencoder.__main__ as autoencoder_app
 import apps.finetune.__main__ as finetune_app
 import apps.mnist.__main__ as mnist_app
 from datamodules.images import ImageDataModule
-from datamodules.mnist import MNISTDataModule, load_digits_28
+from datamodules.mnist import load_digits_28
 from datamodules.sources import DataError
-from models.finetune import DEFAULT_BACKBONE, RECIPES, FinetuneClassifier
+from models.finetune import RECIPES, FinetuneClassifier
 
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
 TINY_FIT = ["--data.dataset=digits", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
@@ -108,32 +106,6 @@ def test_the_default_backbone_recipe_keeps_the_best_validation_loss() -> None:
     """By accuracy the small 0-4 validation split ties at 1.0 within two epochs, and the first tie was kept."""
     command = RECIPES["runs/pretrained/lenet-digits-0-4.ckpt"]
     assert "--checkpoint.monitor=val/loss" in command and "--checkpoint.mode=min" in command
-
-
-def test_the_default_backbone_is_an_autoencoder_pretrained_on_the_default_split_without_labels() -> None:
-    config = yaml.safe_load((Path(finetune_app.__file__).with_name("config.yaml")).read_text())
-    assert config["model"]["backbone"] == DEFAULT_BACKBONE == inspect.signature(FinetuneClassifier).parameters["backbone"].default
-    app, _, *args = RECIPES[DEFAULT_BACKBONE]
-    assert app == "apps.autoencoder" and not any(a.startswith("--data.classes") for a in args)
-    seed = int(next(a for a in args if a.startswith("--data.seed=")).split("=")[1])
-    assert seed == config["data"].get("seed", inspect.signature(ImageDataModule).parameters["seed"].default)
-
-
-def test_the_autoencoder_training_split_holds_none_of_the_finetuning_validation_and_test_images() -> None:
-    """Same seed, same split: the unlabelled pretraining images and the 5-9 images scored are disjoint."""
-    pretraining = MNISTDataModule(dataset="digits", seed=3)
-    finetuning = ImageDataModule(dataset="digits", classes=[5, 6, 7, 8, 9], labels_per_class=10, seed=3)
-    with contextlib.redirect_stderr(io.StringIO()):
-        pretraining.setup("fit")
-        finetuning.setup("fit")
-
-    def rows(split) -> set[bytes]:
-        return {image.numpy().tobytes() for image in split.tensors[0]}
-
-    seen = rows(pretraining.splits["train"])
-    assert rows(finetuning.splits["train"]) <= seen
-    for split in ("val", "test"):
-        assert not rows(finetuning.splits[split]) & seen
 
 
 def test_torchvision_backbone_by_name_without_weights() -> None:

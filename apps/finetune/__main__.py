@@ -1,14 +1,13 @@
 """Finetune a pretrained backbone with a new head on few labels.
 
-    python -m apps.finetune fit        # offline: autoencoder encoder pretrained on all digits without labels, finetuned on 5-9 with 10 labels each
-    python -m apps.finetune fit --model.backbone=runs/pretrained/lenet-digits-0-4.ckpt
+    python -m apps.finetune fit        # offline: LeNet pretrained on digits 0-4, finetuned on 5-9 with 10 labels each
+    python -m apps.finetune fit --model.backbone=runs/pretrained/autoencoder-digits.ckpt
     python -m apps.finetune fit --model.backbone=resnet18 --data.dataset=folder --data.path=my_images/
     python -m apps.finetune test --ckpt_path runs/finetune/version_0/checkpoints/last.ckpt
     python -m apps.finetune predict --ckpt_path CKPT --data.predict_path my_images/ --output predictions.csv
 
-The default backbone, runs/pretrained/autoencoder-digits-latent64.ckpt, is made by
-`python -m apps.autoencoder fit --model.latent_size=64 --data.seed=0` the first time it is missing
-(about 1.5 minutes on 2 CPU cores): the training images of that split only, without their labels.
+The default backbone, runs/pretrained/lenet-digits-0-4.ckpt, is made by `python -m apps.mnist fit`
+on digits 0-4 the first time it is missing (about half a minute on 2 CPU cores).
 """
 
 from pathlib import Path
