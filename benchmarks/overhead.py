@@ -85,7 +85,7 @@ def lenet_plain_loop(data: TensorBatches, epochs: int, batch_size: int) -> None:
             images = (images.unsqueeze(1).float() / 255 - MEAN) / STD
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
-            metrics(logits, labels)  # as the module's step does: batch values and epoch state
+            metrics.update(logits, labels)  # as the module's step does: accumulated, computed once an epoch
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -134,7 +134,7 @@ def lstm_plain_loop(datamodule: SentimentDataModule, epochs: int) -> None:
         for (tokens, lengths), labels in loader:
             logits = model(tokens, lengths)
             loss = F.cross_entropy(logits, labels)
-            metrics(logits, labels)
+            metrics.update(logits, labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), LSTM_CLIP)
             optimizer.step()
