@@ -250,8 +250,9 @@ class AppCLI(LightningCLI):
         trainer_config = self.config_init[self.subcommand]["trainer"] if self.subcommand else {}
         callbacks = list(trainer_config.get("callbacks") or [])
         seed = self._get(self.config, "seed_everything")
-        callbacks += [RunRecord(self.name, seed if isinstance(seed, int) else None), FiniteLoss()]
-        if isinstance(seed, int) and not isinstance(seed, bool):
+        seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None  # False: not seeded
+        callbacks += [RunRecord(self.name, seed), FiniteLoss()]
+        if seed is not None:
             callbacks.append(EpochSeeds(seed))
         if trainer_config.get("enable_progress_bar") is not False:
             callbacks.append(RichProgressBar())

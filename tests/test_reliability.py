@@ -239,13 +239,12 @@ class Tampered:
         return (Path.touch, (self.marker,))
 
 
-def refusal(tmp_path: Path, checkpoint: Path, main=mnist_app.main) -> str:
+def refusal(checkpoint: Path, main=mnist_app.main) -> str:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
         main(["test", f"--ckpt_path={checkpoint}", "--trainer.logger=false"])
     assert exit_.value.code == 2
-    lines = err.getvalue().strip().splitlines()
-    return lines[-1]
+    return err.getvalue().strip().splitlines()[-1]
 
 
 def test_damaged_and_foreign_checkpoints_are_refused(mnist_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
@@ -254,24 +253,24 @@ def test_damaged_and_foreign_checkpoints_are_refused(mnist_checkpoint: Path, tmp
 
     marker = tmp_path / "code-ran"
     torch.save({**real, "extra": Tampered(marker)}, tmp_path / "tampered.ckpt")
-    message = refusal(tmp_path, tmp_path / "tampered.ckpt")
+    message = refusal(tmp_path / "tampered.ckpt")
     assert message.startswith(f"error: --ckpt_path {tmp_path / 'tampered.ckpt'}: refused: it holds pickled Python objects")
     assert not marker.exists()
 
     (tmp_path / "truncated.ckpt").write_bytes(mnist_checkpoint.read_bytes()[:5000])
-    assert "not a readable checkpoint, truncated or corrupt" in refusal(tmp_path, tmp_path / "truncated.ckpt")
+    assert "not a readable checkpoint, truncated or corrupt" in refusal(tmp_path / "truncated.ckpt")
 
     torch.save(real["state_dict"], tmp_path / "weights.pt")
-    assert refusal(tmp_path, tmp_path / "weights.pt").endswith("not a Lightning checkpoint (it has no state_dict)")
+    assert refusal(tmp_path / "weights.pt").endswith("not a Lightning checkpoint (it has no state_dict)")
 
-    assert refusal(tmp_path, mnist_checkpoint, main=sentiment_app.main).endswith(
+    assert refusal(mnist_checkpoint, main=sentiment_app.main).endswith(
         "a checkpoint of apps.mnist, not of apps.sentiment"
     )
 
     foreign = {**real, "hyper_parameters": {"hidden_units": 128}}
     foreign.pop("run")
     torch.save(foreign, tmp_path / "foreign.ckpt")
-    assert refusal(tmp_path, tmp_path / "foreign.ckpt").endswith("written for another model (unknown settings: hidden_units)")
+    assert refusal(tmp_path / "foreign.ckpt").endswith("written for another model (unknown settings: hidden_units)")
 
 
 # -- multi-node ----------------------------------------------------------------------------------
