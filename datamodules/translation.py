@@ -399,8 +399,8 @@ class TranslationDataModule(LightningDataModule):
                 rank_zero_warn(f"{cut} input(s) longer than {self.hparams.max_tokens} tokens were cut to that length")
             return EncodedPairs(self.predict_inputs, [e.ids for e in encodings])
         sources, targets = map(list, zip(*self.splits[split]))
-        source_ids = [e.ids for e in source_tok.encode_batch(sources)]
-        target_ids = [e.ids for e in target_tok.encode_batch(targets)]
+        source_ids = [e.ids for e in source_tok.encode_batch_fast(sources)]
+        target_ids = [e.ids for e in target_tok.encode_batch_fast(targets)]
         return EncodedPairs(sources, source_ids, targets, target_ids)
 
     def _loader(self, split: str) -> DataLoader:
