@@ -4,12 +4,15 @@
 
 Both see the DataModule's seeded split of whatever ``--data.dataset=auto`` picks (the tweet corpus
 offline). The baseline is TF-IDF over word 1- and 2-grams (sublinear tf) with scikit-learn's
-logistic regression; its C is chosen on the val split, then it is refit on train + val (more data
-than the LSTM, which trains on train only and uses val to pick its checkpoint). The LSTM is
-``python -m apps.sentiment fit`` with the defaults plus any options given here; its wall time
-includes tokenizer training and the final test. Val accuracy is printed beside test accuracy: that of
-the LSTM's checkpointed epoch (the best val macro-F1), and that of the baseline fit on train only with
-the C picked on val (so optimistic). Choose settings by val, not test.
+logistic regression, fit on the train split with its C chosen on the val split: the same data the
+LSTM gets, which trains on train only and uses val only to pick its checkpoint. That is the
+comparison's headline (and the goal of ``row``). The baseline refit on train + val with the same C is
+printed beside it for transparency; it trains on more text than the LSTM (14% more on the tweets),
+so it is not the like-for-like figure. The LSTM is ``python -m apps.sentiment fit`` with the defaults
+plus any options given here; its wall time includes tokenizer training and the final test. Val
+accuracy is printed beside test accuracy: that of the LSTM's checkpointed epoch (the best val
+macro-F1), and that of the baseline at the C picked on val (so both are optimistic). Choose settings
+by val, not test.
 
 ``row(quick)`` is this comparison as a ``python -m benchmarks`` row (full runs only: a few minutes).
 """
@@ -36,9 +39,9 @@ from datamodules.sentiment import SentimentDataModule
 C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
 
 
-def tfidf_accuracy(dm: SentimentDataModule) -> tuple[float, float, float]:
-    """Test accuracy of TF-IDF (1-2 grams) + logistic regression, its val accuracy when fit on train
-    only, and the C picked on val."""
+def tfidf_accuracy(dm: SentimentDataModule) -> tuple[float, float, float, float]:
+    """TF-IDF (1-2 grams) + logistic regression with C picked on val: test accuracy fit on train only
+    (the LSTM's data), test accuracy refit on train + val, val accuracy (fit on train), and C."""
 
     def fit(texts: list[str], labels: list[str], c: float):
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)
@@ -48,7 +51,9 @@ def tfidf_accuracy(dm: SentimentDataModule) -> tuple[float, float, float]:
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = (dm.texts[s] for s in ("train", "val", "test"))
     val = {c: fit(train_x, train_y, c)(val_x, val_y) for c in C_GRID}
     best_c = max(C_GRID, key=val.get)
-    return fit(train_x + val_x, train_y + val_y, best_c)(test_x, test_y), val[best_c], best_c
+    train_only = fit(train_x, train_y, best_c)(test_x, test_y)
+    train_val = fit(train_x + val_x, train_y + val_y, best_c)(test_x, test_y)
+    return train_only, train_val, val[best_c], best_c
 
 
 def lstm_accuracy(options: list[str]) -> tuple[float, float, float]:
@@ -80,27 +85,29 @@ def compare(options: list[str]) -> dict:
     dm.prepare_data()
     dm.setup("fit")
     dataset = dm.hparams.dataset  # the source auto picked, so the LSTM trains on the same one
-    tfidf, tfidf_val, c = tfidf_accuracy(dm)
+    tfidf, tfidf_train_val, tfidf_val, c = tfidf_accuracy(dm)
     lstm, lstm_val, seconds = lstm_accuracy(
         [o for o in options if not o.startswith("--data.dataset=")] + [f"--data.dataset={dataset}"]
     )
     sizes = ", ".join(f"{len(dm.texts[s][0]):,} {s}" for s in ("train", "val", "test"))
-    return dict(dataset=dataset, seed=dm.hparams.seed, sizes=sizes, tfidf=tfidf, tfidf_val=tfidf_val, c=c,
-                lstm=lstm, lstm_val=lstm_val, seconds=seconds)
+    return dict(dataset=dataset, seed=dm.hparams.seed, sizes=sizes, tfidf=tfidf, tfidf_train_val=tfidf_train_val,
+                tfidf_val=tfidf_val, c=c, lstm=lstm, lstm_val=lstm_val, seconds=seconds)
 
 
 def row(quick: bool) -> Row:
-    """The benchmarks row: default `fit` against the baseline, test accuracy (a full run takes minutes)."""
+    """The benchmarks row: default `fit` against the baseline fit on the same train split, test accuracy
+    (a full run takes minutes); the baseline refit on train + val is noted beside it."""
     name = "LSTM vs TF-IDF + logistic regression (tweets), test accuracy"
     if quick:
         return full_run_only(name, "LSTM >= baseline", "`python -m apps.sentiment fit` defaults against the baseline, a few minutes")
     r = compare([])
     return Row(
         name,
-        measured=f"{r['lstm']:.4f} vs {r['tfidf']:.4f}",
+        measured=f"{r['lstm']:.4f} vs {r['tfidf']:.4f} (baseline refit on train + val: {r['tfidf_train_val']:.4f})",
         goal="LSTM >= baseline",
         met=r["lstm"] >= r["tfidf"],
-        data=f"`python -m apps.sentiment fit` defaults ({r['seconds']:.0f} s), {r['dataset']}: {r['sizes']}",
+        data=f"`python -m apps.sentiment fit` defaults ({r['seconds']:.0f} s), {r['dataset']}: {r['sizes']}; "
+        f"both trained on train, C and checkpoint picked on val; baseline C={r['c']:g}",
     )
 
 
@@ -109,8 +116,10 @@ def main() -> None:
     print(f"\n{r['dataset']}, seeded split (seed {r['seed']}): {r['sizes']}; {os.cpu_count()} CPU cores")
     print("| model | val accuracy | test accuracy |")
     print("|---|---|---|")
-    print(f"| TF-IDF word 1-2 grams + logistic regression (C={r['c']:g} picked on val, test: fit on train + val) "
+    print(f"| TF-IDF word 1-2 grams + logistic regression (fit on train, C={r['c']:g} picked on val) "
           f"| {r['tfidf_val']:.4f} | {r['tfidf']:.4f} |")
+    print(f"| the same refit on train + val (more training text than the LSTM gets; for reference) "
+          f"| | {r['tfidf_train_val']:.4f} |")
     print(f"| 2-layer BiLSTM, `python -m apps.sentiment fit` defaults ({r['seconds']:.0f} s) "
           f"| {r['lstm_val']:.4f} | {r['lstm']:.4f} |")
 
