@@ -41,7 +41,7 @@ from datamodules.sources import (
     record_source,
     seeded_split,
 )
-from datamodules.text import EncodedTexts, bucketed_loader, encode, pad_collate, train_tokenizer
+from datamodules.text import EncodedTexts, TokenizerKind, bucketed_loader, encode, pad_collate, train_tokenizer
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
@@ -178,9 +178,14 @@ class SentimentDataModule(LightningDataModule):
             Lightning refuses a DataModule and a model argument of one name with different values.)
         val_fraction: Share of the training data held out for validation.
         test_fraction: Share of the data held out for testing, for sources without a test split.
+        tokenizer: ``word`` (one token per vocabulary word, ``[UNK]`` for the rest), or the subword
+            ``wordpiece`` or ``bpe``, which spell words outside the vocabulary in learnt pieces.
+        tweet_normalization: Links to ``xxurl``, @mentions to ``xxuser``, runs of 3+ equal
+            characters cut to 2 (``soooo`` -> ``soo``); part of the tokenizer, so it travels with it.
         vocab_size: Most tokens in the vocabulary, ``[PAD]`` and ``[UNK]`` included; the model's
-            embedding has this many rows, a few unused when the training text has fewer distinct words.
-        min_frequency: Times a word must occur in the training split to get its own token.
+            embedding has this many rows, a few unused when the training text has fewer distinct tokens.
+        min_frequency: Times a word (subword tokenizers: a pair of pieces) must occur in the training
+            split to get its own token.
         max_length: Tokens kept per text; longer texts are truncated.
         batch_size: Texts per batch.
         num_workers: DataLoader worker processes (0 loads in the main process).
@@ -199,6 +204,8 @@ class SentimentDataModule(LightningDataModule):
         classes: list[str] | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
+        tokenizer: TokenizerKind = "word",
+        tweet_normalization: bool = False,
         vocab_size: int = 20000,
         min_frequency: int = 2,
         max_length: int = 256,
@@ -339,7 +346,9 @@ class SentimentDataModule(LightningDataModule):
             self.hparams.classes = label_names
         if stage == "fit" and self.tokenizer is None:
             h = self.hparams
-            self.tokenizer = train_tokenizer(self.texts["train"][0], h.vocab_size, h.min_frequency, h.max_length)
+            self.tokenizer = train_tokenizer(
+                self.texts["train"][0], h.vocab_size, h.min_frequency, h.max_length, h.tokenizer, h.tweet_normalization
+            )
 
     def read_predict_inputs(self) -> list[str]:
         h = self.hparams

@@ -1,5 +1,5 @@
-"""Text helpers shared by the text DataModules (``python -m apps.sentiment fit``): a word-level
-``tokenizers.Tokenizer`` trained on the training split, batched encoding, a length-bucketing batch
+"""Text helpers shared by the text DataModules (``python -m apps.sentiment fit``): a word-level or
+subword ``tokenizers.Tokenizer`` trained on the training split, batched encoding, a length-bucketing batch
 sampler that shards itself across DDP ranks, and a collate that pads each batch to its own longest text.
 
 Padding is per batch, so a batch of tweets is ~20 tokens wide even when a review in the data is 500.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 PAD, UNK = "[PAD]", "[UNK]"
@@ -23,37 +23,93 @@ PAD, UNK = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
 
 
-def new_tokenizer() -> Tokenizer:
-    """An untrained word-level tokenizer for English text.
+TokenizerKind = Literal["word", "wordpiece", "bpe"]
+# Stand-ins for what carries no sentiment yet would take one vocabulary row per instance: one \w+
+# word each, so the pre-tokeniser keeps them whole.
+URL_TOKEN, USER_TOKEN = "xxurl", "xxuser"
+
+
+def tweet_normalizers() -> list[normalizers.Normalizer]:
+    """Tweet clean-up, after lower-casing: links become ``xxurl``, @mentions ``xxuser``, and a character
+    repeated 3 or more times is cut to 2 (``soooo`` -> ``soo``, ``!!!!`` -> ``!!``), so elongated
+    spellings share a row with each other. The tokenizers library's ``Replace`` writes a fixed string
+    (no back-references), hence one rule per repeated character."""
+    squeeze = [
+        normalizers.Replace(Regex(f"{char}{{3,}}" if char.isalnum() else f"\\{char}{{3,}}"), char * 2)
+        for char in "abcdefghijklmnopqrstuvwxyz!?."
+    ]
+    return [
+        normalizers.Replace(Regex(r"(?:https?://|www\.)\S+"), f" {URL_TOKEN} "),
+        normalizers.Replace(Regex(r"@\w+"), f" {USER_TOKEN} "),
+        *squeeze,
+    ]
+
+
+def new_tokenizer(kind: TokenizerKind = "word", tweets: bool = False) -> Tokenizer:
+    """An untrained tokenizer for English text.
 
     Normaliser: IMDB's ``<br />`` line breaks become spaces, Unicode is NFKD-decomposed and accents
-    dropped (``café`` -> ``cafe``), everything lower-cased. Pre-tokeniser: splits on whitespace and
-    between words and punctuation (``don't!`` -> ``don ' t !``), so ``good`` and ``good!`` share a row.
+    dropped (``café`` -> ``cafe``), everything lower-cased; with ``tweets``, also ``tweet_normalizers``.
+    Pre-tokeniser: splits on whitespace and between words and punctuation (``don't!`` -> ``don ' t !``),
+    so ``good`` and ``good!`` share a row. Model: ``word`` gives each vocabulary word one id and every
+    other word ``[UNK]``; ``wordpiece`` and ``bpe`` keep frequent words whole and spell the others in
+    pieces learnt from the training text (``wordpiece``: ``##`` marks a word's continuation; ``bpe``:
+    ``</w>`` marks a word's end), so a misspelt or unseen word keeps most of its letters.
     """
-    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    if kind == "word":
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    elif kind == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
+        tokenizer.decoder = decoders.WordPiece()
+    elif kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix="</w>"))
+        tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
+    else:
+        raise ValueError(f"unknown tokenizer {kind!r}: expected word, wordpiece or bpe")
     tokenizer.normalizer = normalizers.Sequence(
         [
             normalizers.Replace(Regex(r"<br\s*/?>"), " "),
             normalizers.NFKD(),
             normalizers.StripAccents(),
             normalizers.Lowercase(),
+            *(tweet_normalizers() if tweets else []),
         ]
     )
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+ | [^\w\s]+
     return tokenizer
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int, max_length: int) -> Tokenizer:
-    """A tokenizer whose vocabulary is the ``vocab_size - 2`` most frequent words of ``texts`` seen at
-    least ``min_frequency`` times, after ``[PAD]`` (id 0) and ``[UNK]`` (id 1); encodings are truncated
-    to ``max_length`` tokens. Pass the training split only, so no word is learnt from val or test text.
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    min_frequency: int,
+    max_length: int,
+    kind: TokenizerKind = "word",
+    tweets: bool = False,
+) -> Tokenizer:
+    """A tokenizer (``new_tokenizer(kind, tweets)``) whose vocabulary holds at most ``vocab_size``
+    tokens, ``[PAD]`` (id 0) and ``[UNK]`` (id 1) first. ``word``: the most frequent words seen at
+    least ``min_frequency`` times; ``wordpiece``/``bpe``: the characters of the text plus the most
+    frequent merges of pairs seen at least ``min_frequency`` times. Encodings are truncated to
+    ``max_length`` tokens. Pass the training split only, so no token is learnt from val or test text.
     """
-    tokenizer = new_tokenizer()
-    trainer = trainers.WordLevelTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK], show_progress=False
-    )
+    tokenizer = new_tokenizer(kind, tweets)
+    options = dict(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK], show_progress=False)
+    if kind == "word":
+        trainer = trainers.WordLevelTrainer(**options)
+    else:
+        # The subword trainers keep every character of the text, and each one twice (word-initial and
+        # continuing, or word-final), whatever vocab_size says: keep only the most frequent characters
+        # that fit (rarer ones become [UNK]), so the embedding's vocab_size rows hold every id.
+        options["limit_alphabet"] = (vocab_size - 2) // 2
+        if kind == "wordpiece":
+            trainer = trainers.WordPieceTrainer(**options)
+        else:
+            trainer = trainers.BpeTrainer(**options, end_of_word_suffix="</w>")
     tokenizer.train_from_iterator(texts, trainer)
     assert tokenizer.token_to_id(PAD) == PAD_ID and tokenizer.token_to_id(UNK) == UNK_ID
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise ValueError(f"the {kind} tokenizer has {tokenizer.get_vocab_size()} tokens, more than vocab_size {vocab_size}")
     tokenizer.enable_truncation(max_length)  # stored in the tokenizer's JSON, so it travels with it
     return tokenizer
 

@@ -155,6 +155,15 @@ def test_bad_input_through_the_app_is_one_line_and_exit_2(tmp_path: Path, monkey
     assert exit_info.value.code == 2 and err[-1] == "error: --data.path missing.csv: no such file"
 
 
+def test_a_bad_tokenizer_choice_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        sentiment_app.main(["fit", "--data.tokenizer=chars", "--trainer.logger=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert 'key "data.tokenizer"' in err[0] and "chars" in err[0] and "wordpiece" in err[0]
+
+
 # -- nets ----------------------------------------------------------------------------------------
 
 
@@ -264,11 +273,13 @@ def model_for(dm: SentimentDataModule, **kwargs) -> SentimentClassifier:
     return SentimentClassifier(dm.label_names, dm.vocab_size, embedding_dim=8, hidden_size=8, **kwargs)
 
 
-def test_tokenizer_and_classes_travel_in_the_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tokenizer", ["word", "wordpiece"])
+def test_tokenizer_and_classes_travel_in_the_checkpoint(tmp_path: Path, tokenizer: str) -> None:
     csv = write_csv(tmp_path / "reviews.csv")
     glove = tmp_path / "glove.txt"
     glove.write_text("great 1 1 1 1 1 1 1 1\n")
-    options = dict(dataset="csv", path=str(csv), text_column="review", label_column="mood", vocab_size=40, batch_size=8)
+    options = dict(dataset="csv", path=str(csv), text_column="review", label_column="mood", vocab_size=40, batch_size=8,
+                   tokenizer=tokenizer, tweet_normalization=tokenizer == "wordpiece")
     dm = SentimentDataModule(**options)
     model = model_for(dm, glove_path=str(glove))
     trainer = quick_trainer(tmp_path)
@@ -283,6 +294,7 @@ def test_tokenizer_and_classes_travel_in_the_checkpoint(tmp_path: Path) -> None:
     assert isinstance(checkpoint["SentimentDataModule"]["tokenizer"], str)  # JSON text, not a pickled object
 
     csv.unlink()  # predict needs nothing but the checkpoint
+    assert checkpoint["datamodule_hyper_parameters"]["tokenizer"] == tokenizer
     restored = SentimentDataModule(
         **{**checkpoint["datamodule_hyper_parameters"], "predict_texts": ["a great film", "", "dull " * 500]}
     )

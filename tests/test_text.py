@@ -54,6 +54,34 @@ def test_tokenizer_round_trips_through_its_json_string() -> None:
     assert len(restored.encode("great " * 10).ids) == 3  # truncation is part of the JSON
 
 
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_subword_tokenizers_spell_unseen_words_in_pieces_and_round_trip(kind: str) -> None:
+    texts = ["a great film", "greatest acting", "a dull film", "dull plot"] * 3
+    tokenizer = train_tokenizer(texts, vocab_size=40, min_frequency=2, max_length=50, kind=kind)
+    assert tokenizer.get_vocab_size() <= 40  # every id has a row in an embedding of vocab_size rows
+    assert tokenizer.token_to_id("[PAD]") == PAD_ID and tokenizer.token_to_id("[UNK]") == UNK_ID
+    word = train_tokenizer(texts, vocab_size=200, min_frequency=2, max_length=50)
+    assert encode(word, ["dullest"]) == [[UNK_ID]]  # never seen: unknown to the word-level tokenizer
+    pieces = tokenizer.encode("dullest").tokens
+    assert len(pieces) > 1 and UNK_ID not in encode(tokenizer, ["dullest"])[0]  # spelt in known pieces
+    assert tokenizer.decode(tokenizer.encode("a Great film").ids).replace(" ", "") == "agreatfilm"
+    restored = Tokenizer.from_str(tokenizer.to_str())
+    assert encode(restored, ["dullest great films"]) == encode(tokenizer, ["dullest great films"])
+
+
+@pytest.mark.parametrize("kind", ["word", "wordpiece"])
+def test_tweet_normalization_merges_links_mentions_and_elongations(kind: str) -> None:
+    texts = ["@ann soooo good!!! http://t.co/x", "@bob so bad www.ugh.com/y", "soo good"] * 2
+    tokenizer = train_tokenizer(texts, vocab_size=100, min_frequency=1, max_length=50, kind=kind, tweets=True)
+    tokens = tokenizer.encode("@Carl SOOOOOOO good!!!!! https://t.co/new?a=1").tokens
+    assert tokens == ["xxuser", "soo", "good", "!!", "xxurl"]
+    assert not {"ann", "bob", "http", "sooo"} & set(tokenizer.get_vocab())
+    plain = train_tokenizer(texts, vocab_size=100, min_frequency=1, max_length=50, kind=kind)
+    assert plain.encode("@ann").tokens == ["@", "ann"] and "xxuser" not in plain.get_vocab()
+    restored = Tokenizer.from_str(tokenizer.to_str())  # the normalisation is part of the JSON
+    assert restored.normalizer.normalize_str("@dan looool") == " xxuser  lool"
+
+
 def test_collate_pads_each_batch_to_its_longest_text() -> None:
     (tokens, lengths), target = pad_collate([([5, 6, 7], 1), ([8], 0)])
     assert tokens.tolist() == [[5, 6, 7], [8, PAD_ID, PAD_ID]] and tokens.dtype == torch.long
