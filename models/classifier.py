@@ -68,10 +68,21 @@ class Classifier(LightningModule):
         loss = F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
         training = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=training, on_epoch=not training, prog_bar=True, sync_dist=not training)
-        metrics = self.metrics[f"{stage}_metrics"]
-        metrics.update(logits, target)  # accumulate only; computed once per epoch (per step costs ~10 ms)
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=not training)
+        self.metrics[f"{stage}_metrics"].update(logits, target)  # accumulated; logged at the epoch's end
+        if stage == "test":
+            self.log_dict(self.metrics["test_metrics"], on_step=False, on_epoch=True, prog_bar=True)
         return loss, logits
+
+    def _log_metrics(self, stage: str) -> None:
+        """Log a stage's metrics once an epoch: logging a torchmetrics object costs ~1.5 ms a call
+        (Lightning moves it to the device each time), ~25% of a LeNet step on a CPU core."""
+        self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage != "train")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
