@@ -49,6 +49,11 @@ class Memory:
 
         return Memory(rep(self.keys), rep(self.projected), rep(self.mask), rep(self.summary))
 
+    def select(self, rows: torch.Tensor) -> Memory:
+        """The given rows only (a boolean mask or indices): beam search drops settled sentences."""
+        return Memory(self.keys[rows], None if self.projected is None else self.projected[rows], self.mask[rows],
+                      self.summary[rows])
+
 
 class Encoder(nn.Module):
     """Bidirectional RNN over the source tokens.
@@ -282,44 +287,60 @@ class Seq2Seq(nn.Module):
         """The best of ``beam_size`` hypotheses per sentence, all sentences of the batch in one loop.
 
         Hypotheses are ranked by log-probability while searching; a finished one (it produced
-        ``[EOS]``) keeps its score and is extended only by padding at no cost. At the end each is
-        divided by the GNMT length penalty ``((5 + length) / 6) ** length_penalty``, so longer
-        translations are not lost to shorter ones merely for having more factors below one.
+        ``[EOS]``) keeps its score and is extended only by padding at no cost. A sentence is settled
+        once all its hypotheses have finished, and leaves the batch: the loop computes only the
+        sentences still searching, so one long translation does not keep the whole batch busy. Its
+        hypotheses are then divided by the GNMT length penalty ``((5 + length) / 6) ** length_penalty``,
+        so longer translations are not lost to shorter ones merely for having more factors below one.
         With ``beam_size=1`` this is exactly ``greedy``.
 
         Returns tokens (B, L) ending in ``[EOS]`` then padding, and their log-probability (B,).
         """
-        b, k = source.shape[0], beam_size
+        b, k, device = source.shape[0], beam_size, source.device
         memory, state = self.encode(source, lengths)
-        memory, state = memory.repeat(k), select(state, torch.arange(b, device=source.device).repeat_interleave(k))
-        device = source.device
-        # Only the first hypothesis of a sentence is live at the start: the others are its copies.
-        scores = torch.full((b, k), float("-inf"), device=device)
-        scores[:, 0] = 0.0
-        token = torch.full((b * k,), self.bos_id, dtype=torch.long, device=device)
-        done = torch.zeros(b * k, dtype=torch.bool, device=device)
-        length = torch.zeros(b * k, device=device)
-        history = torch.empty(b * k, 0, dtype=torch.long, device=device)
-        first_row = torch.arange(b, device=device).unsqueeze(1) * k  # (B, 1)
-        for _ in range(max_length):
+        # Rows are hypotheses, `width` per sentence still searching, sentence by sentence: one ([BOS])
+        # before the first step, k from then on.
+        sentence = torch.arange(b, device=device)  # the sentence of each group of rows
+        scores = torch.zeros(b, 1, device=device)
+        token = torch.full((b,), self.bos_id, dtype=torch.long, device=device)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        length = torch.zeros(b, device=device)
+        history = torch.empty(b, 0, dtype=torch.long, device=device)
+        group = torch.arange(b, device=device).unsqueeze(1)  # (B, 1)
+        settled: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (sentences, tokens, log-probs)
+        for step in range(max_length):
             logits, state, _ = self.decoder(token, state, memory)
-            logp = logits.float().log_softmax(-1)  # (B*K, V)
-            vocab = logp.shape[-1]
-            # A finished hypothesis continues with padding only, at log-probability 0.
-            finished = torch.full_like(logp, float("-inf"))
-            finished[:, self.pad_id] = 0.0
-            logp = torch.where(done.unsqueeze(1), finished, logp)
-            candidates = (scores.reshape(-1, 1) + logp).reshape(b, k * vocab)
-            scores, index = candidates.topk(k, dim=1)  # (B, K)
-            rows = (first_row + index // vocab).reshape(-1)  # (B*K,) the hypothesis each one extends
+            logp = logits.float().log_softmax(-1)  # (N*K, V)
+            n, width, vocab = len(sentence), scores.shape[1], logp.shape[-1]
+            if done.any():  # a finished hypothesis continues with padding only, at log-probability 0
+                logp[done] = torch.where(torch.arange(vocab, device=device) == self.pad_id, 0.0, float("-inf"))
+            candidates = (scores.reshape(-1, 1) + logp).reshape(n, width * vocab)
+            scores, index = candidates.topk(k, dim=1)  # (N, K)
+            rows = (group[:n] * width + index // vocab).reshape(-1)  # (N*K,) the hypothesis each one extends
             token = (index % vocab).reshape(-1)
             history = torch.cat([history[rows], token.unsqueeze(1)], 1)
             length = length[rows] + (~done[rows]).float()
             done = done[rows] | (token == self.eos_id)
             state = select(state, rows)
-            if done.all():
-                break
-        penalty = ((5.0 + length.reshape(b, k)) / 6.0) ** length_penalty
-        best = (scores / penalty).argmax(1)  # (B,)
-        rows = first_row.squeeze(1) + best
-        return history[rows], scores[torch.arange(b, device=device), best]
+            if width == 1:
+                memory = memory.select(rows)  # each sentence's row, k times
+            over = done.reshape(n, k).all(1) | (step == max_length - 1)  # the sentences settled now
+            if over.any():
+                over_rows = over.repeat_interleave(k)
+                penalty = ((5.0 + length[over_rows].reshape(-1, k)) / 6.0) ** length_penalty
+                best = (scores[over] / penalty).argmax(1)
+                settled.append((sentence[over], history[over_rows][group[: len(best)].squeeze(1) * k + best],
+                                scores[over].gather(1, best[:, None]).squeeze(1)))
+                if over.all():
+                    break
+                keep, keep_rows = ~over, ~over_rows
+                sentence, scores = sentence[keep], scores[keep]
+                token, done, length, history = token[keep_rows], done[keep_rows], length[keep_rows], history[keep_rows]
+                state, memory = select(state, keep_rows), memory.select(keep_rows)
+        longest = max(tokens.shape[1] for _, tokens, _ in settled)
+        out = torch.full((b, longest), self.pad_id, dtype=torch.long, device=device)
+        logprob = torch.empty(b, device=device)
+        for which, tokens, score in settled:
+            out[which, : tokens.shape[1]] = tokens
+            logprob[which] = score
+        return out, logprob
