@@ -4,9 +4,11 @@
 
 Offline digits 5-9, 10 labelled training images per class, all of the seeded split's test images
 of 5-9. Finetuned: `python -m apps.finetune fit` defaults (LeNet pretrained on digits 0-4 by the
-recipe in ``models.finetune.RECIPES``, a new head). Scratch: the same network, the same labelled
-images, batches, epochs and head learning rate, from random weights, all of it trained at the
-full learning rate from the first epoch. Three seeds; each draws its own split and labelled images.
+recipe in ``models.finetune.RECIPES``, a new head, all of it trained at the head's learning rate
+from the first epoch). Scratch: the same network, the same labelled images, batches, epochs,
+learning rates and checkpoint rule (lowest val/loss), from random weights; its options say so
+explicitly, so they hold whatever the finetuning defaults become. Three seeds; each draws its own
+split and labelled images.
 Goal: finetuned above scratch on the mean.
 """
 
