@@ -2,11 +2,13 @@
 
 Both run ``Seq2Seq.beam_search`` with the app's settings (beam 4, length penalty 0.6) on the same
 test phrases of the offline CLDR pairs: batched, on the DataModule's test batches (64 phrases of
-similar length, padded to the longest); one at a time, on each phrase alone, unpadded.
+similar length, padded to the longest); one at a time, on each phrase alone, unpadded. Both are
+timed with torch on all cores, as the app runs (a batch's matrix products use them; a single phrase's
+are too small to), and on one thread.
 
 - full run: the app's model trained for 1 epoch (``python -m apps.translate fit
   --trainer.max_epochs=1``, defaults otherwise), decoding up to the app's ``max_length`` and stopping
-  at ``[EOS]``: a batch runs until its longest translation ends, a single phrase until its own does.
+  at ``[EOS]``: a sentence leaves its batch once its search has settled.
 - quick run: an untrained model on 2,000 pairs, with ``[EOS]`` made impossible, so every phrase
   decodes exactly as many steps as the longest reference among them. Without training the steps
   taken do not depend on the weights; with ``[EOS]`` allowed they would be random.
@@ -14,8 +16,10 @@ similar length, padded to the longest); one at a time, on each phrase alone, unp
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
+from collections.abc import Callable
 
 import torch
 
@@ -25,6 +29,20 @@ from datamodules.translation import EOS_ID, TranslationDataModule
 from models.translator import Translator
 
 GOAL = 10.0
+
+
+def on_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with ``n`` torch threads."""
+
+    def run() -> object:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
 
 
 def untrained(size: int) -> tuple[TranslationDataModule, Translator]:
@@ -74,12 +92,25 @@ def compare(data: TranslationDataModule, model: Translator, batches: list[dict],
     def keep(name: str, decode) -> None:
         translations[name] = data.decode(decode())
 
-    seconds = interleaved({"batched": lambda: keep("batched", batched), "single": lambda: keep("single", one_at_a_time)}, repeats)
+    cores = os.cpu_count() or 1
+    seconds = interleaved(
+        {
+            "batched": on_threads(cores, lambda: keep("batched", batched)),
+            "single": on_threads(cores, lambda: keep("single", one_at_a_time)),
+            "batched, 1 thread": on_threads(1, batched),
+            "single, 1 thread": on_threads(1, one_at_a_time),
+        },
+        repeats,
+    )
     median, low, high = ratio(seconds["single"], seconds["batched"])
+    one_thread, _, _ = ratio(seconds["single, 1 thread"], seconds["batched, 1 thread"])
     same = sum(a == b for a, b in zip(translations["batched"], translations["single"]))
     return Row(
-        name=f"Decoding: batched beam search / one sentence at a time (beam {h.beam_size}, {repeats} rounds, {n / min(seconds['batched']):,.0f} phrases/s batched)",
-        measured=fmt_ratio(median, low, high),
+        name=(
+            f"Decoding: batched beam search / one sentence at a time (beam {h.beam_size}, {repeats} rounds, "
+            f"torch on all {cores} cores, {n / min(seconds['batched']):,.0f} phrases/s batched)"
+        ),
+        measured=f"{fmt_ratio(median, low, high)}; on 1 thread {one_thread:.2f}x",
         goal=f">= {GOAL:.0f}x",
         met=median >= GOAL,
         data=(
