@@ -30,9 +30,9 @@ URL_TOKEN, USER_TOKEN = "xxurl", "xxuser"
 
 
 def tweet_normalizers() -> list[normalizers.Normalizer]:
-    """Tweet clean-up, after lower-casing: links become ``xxurl``, @mentions ``xxuser``, and a character
-    repeated 3 or more times is cut to 2 (``soooo`` -> ``soo``, ``!!!!`` -> ``!!``), so elongated
-    spellings share a row with each other. The tokenizers library's ``Replace`` writes a fixed string
+    """Tweet clean-up, after lower-casing: links become ``xxurl``, @mentions ``xxuser``, and a letter or
+    ``!``, ``?``, ``.`` repeated 3 or more times is cut to 2 (``soooo`` -> ``soo``, ``!!!!`` -> ``!!``),
+    so elongated spellings share a row with each other. The tokenizers library's ``Replace`` writes a fixed string
     (no back-references), hence one rule per repeated character."""
     squeeze = [
         normalizers.Replace(Regex(f"{char}{{3,}}" if char.isalnum() else f"\\{char}{{3,}}"), char * 2)
