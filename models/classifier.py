@@ -18,6 +18,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from models.optim import injected_optimizers
+from models.reports import log_confusion_matrix
 
 STAGES = ("train", "val", "test")
 
@@ -69,8 +70,6 @@ class Classifier(LightningModule):
         training = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=training, on_epoch=not training, prog_bar=True, sync_dist=not training)
         self.metrics[f"{stage}_metrics"].update(logits, target)  # accumulated; logged at the epoch's end
-        if stage == "test":
-            self.log_dict(self.metrics["test_metrics"], on_step=False, on_epoch=True, prog_bar=True)
         return loss, logits
 
     def _log_metrics(self, stage: str) -> None:
@@ -100,6 +99,11 @@ class Classifier(LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.confusion.reset()
+
+    def on_test_epoch_end(self) -> None:
+        """Test metrics and the confusion matrix; subclasses that report more call this first."""
+        self._log_metrics("test")
+        log_confusion_matrix(self, self.confusion)
 
     def predict_step(self, batch: tuple, batch_idx: int) -> list[dict[str, Any]]:
         probs = self(batch[0]).softmax(-1)

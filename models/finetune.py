@@ -38,7 +38,6 @@ from models.autoencoder import ConvEncoder
 from models.classifier import Classifier
 from models.lenet import LeNet5
 from models.optim import injected_optimizers
-from models.reports import log_confusion_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 # Backbone checkpoints that `fit` makes itself when they are missing: path -> the command that makes it.
@@ -267,9 +266,6 @@ class FinetuneClassifier(Classifier):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, num_classes) logits."""
         return self.head(self.backbone(images))
-
-    def on_test_epoch_end(self) -> None:
-        log_confusion_matrix(self, self.confusion)
 
     def configure_callbacks(self) -> list[BaseFinetuning]:
         if any(isinstance(c, UnfreezeBackbone) for c in self.trainer.callbacks):  # testing after fit

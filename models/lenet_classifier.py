@@ -8,7 +8,7 @@ from torchvision.utils import make_grid
 
 from models.classifier import Classifier
 from models.lenet import LeNet5
-from models.reports import log_confusion_matrix, log_image
+from models.reports import log_image
 
 
 class LeNetClassifier(Classifier):
@@ -50,7 +50,7 @@ class LeNetClassifier(Classifier):
         self.misclassified.append(images[wrong][: self.hparams.max_misclassified].cpu())
 
     def on_test_epoch_end(self) -> None:
-        log_confusion_matrix(self, self.confusion)
+        super().on_test_epoch_end()
         wrong = torch.cat(self.misclassified)[: self.hparams.max_misclassified]
         if len(wrong):
             grid = make_grid(wrong, nrow=8, normalize=True, pad_value=1.0)  # (3, H, W) in [0, 1]

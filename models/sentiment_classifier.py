@@ -13,7 +13,6 @@ from datamodules.sources import DataError
 from datamodules.text import UNK_ID
 from models.classifier import Classifier
 from models.lstm import Cell, LSTMClassifier, Pooling, read_glove
-from models.reports import log_confusion_matrix
 
 
 class SentimentClassifier(Classifier):
@@ -117,7 +116,7 @@ class SentimentClassifier(Classifier):
                 kept[slot:slot + 1] = [example]
 
     def on_test_epoch_end(self) -> None:
-        log_confusion_matrix(self, self.confusion)
+        super().on_test_epoch_end()
         if not self.trainer.is_global_zero:
             return
         rows = self.examples[False] + self.examples[True]
