@@ -24,7 +24,7 @@ from torchvision.utils import make_grid
 from datamodules.mnist import MEAN, STD
 from models.autoencoder import ConvAutoencoder
 from models.optim import injected_optimizers
-from models.reports import log_image
+from models.reports import TrainLoss, log_image
 
 STAGES = ("train", "val", "test")
 
@@ -74,6 +74,7 @@ class AutoencoderModule(LightningModule):
                 for stage in STAGES
             }
         )
+        self.train_loss = TrainLoss()
         self.shown: dict[str, torch.Tensor] = {}
         self.latents: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.reconstructions: list[torch.Tensor] = []
@@ -101,8 +102,10 @@ class AutoencoderModule(LightningModule):
         recon = logits.sigmoid()
         bce = F.binary_cross_entropy_with_logits(logits, clean)
         loss = bce if self.hparams.loss == "bce" else F.mse_loss(recon, clean)
-        training = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=training, on_epoch=not training, prog_bar=True, sync_dist=not training)
+        if stage == "train":
+            self.train_loss(self, loss)
+        else:
+            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         metrics = self.metrics[f"{stage}_metrics"]
         metrics["mse"].update(recon, clean)
         metrics["bce"].update(bce, weight=clean.numel())  # weighted by pixels: an exact per-pixel mean

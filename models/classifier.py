@@ -18,7 +18,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from models.optim import injected_optimizers
-from models.reports import log_confusion_matrix
+from models.reports import TrainLoss, log_confusion_matrix
 
 STAGES = ("train", "val", "test")
 
@@ -59,6 +59,7 @@ class Classifier(LightningModule):
             }
         )
         self.confusion = MulticlassConfusionMatrix(n)
+        self.train_loss = TrainLoss()
 
     def forward(self, inputs: Any) -> torch.Tensor:
         return self.net(inputs)
@@ -67,8 +68,10 @@ class Classifier(LightningModule):
         inputs, target = batch
         logits = self(inputs)  # (B, num_classes)
         loss = F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
-        training = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=training, on_epoch=not training, prog_bar=True, sync_dist=not training)
+        if stage == "train":
+            self.train_loss(self, loss)
+        else:
+            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
         self.metrics[f"{stage}_metrics"].update(logits, target)  # accumulated; logged at the epoch's end
         return loss, logits
 

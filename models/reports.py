@@ -1,4 +1,5 @@
-"""Pictures a LightningModule adds to its run: saved as PNG in the run folder and logged to W&B."""
+"""What a LightningModule adds to its run beyond per-epoch metrics: the training-loss curve, and
+pictures saved as PNG in the run folder and logged to W&B."""
 
 from __future__ import annotations
 
@@ -11,6 +12,30 @@ from lightning.pytorch.loggers import WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torchmetrics.classification import MulticlassConfusionMatrix
+
+
+class TrainLoss:
+    """``train/loss`` as the mean over the batches since the last logger write, logged only on the
+    steps Lightning writes to the loggers (every ``--trainer.log_every_n_steps``), restarted each epoch.
+
+    Only every n-th step's value ever reaches a logger, while each ``self.log`` call costs about a
+    millisecond of Lightning bookkeeping on a CPU, 8% of a LeNet step; and the mean of n batches is a
+    steadier curve than one batch's loss. Call it from ``training_step`` with the step's loss.
+    """
+
+    def __init__(self) -> None:
+        self.epoch, self.total, self.count = -1, 0.0, 0
+
+    def __call__(self, module: LightningModule, loss: torch.Tensor) -> None:
+        if self.epoch != module.current_epoch:  # a resumed run then logs what an uninterrupted one does
+            self.epoch, self.total, self.count = module.current_epoch, 0.0, 0
+        self.total, self.count = self.total + loss.detach(), self.count + 1
+        trainer, every = module.trainer, module.trainer.log_every_n_steps
+        # Lightning writes after a step when (steps so far + 1) % every == 0; during the step, the
+        # steps so far are global_step (one optimizer, no accumulation).
+        if trainer.fast_dev_run or (every and (module.global_step + 1) % every == 0):
+            module.log("train/loss", self.total / self.count, prog_bar=True)
+            self.total, self.count = 0.0, 0
 
 
 def run_dir(module: LightningModule) -> Path:

@@ -21,7 +21,7 @@ from torchmetrics.text import BLEUScore, CHRFScore, Perplexity
 
 from datamodules.translation import BOS_ID, EOS_ID, PAD_ID, cut_at_eos
 from models.optim import injected_optimizers
-from models.reports import log_image
+from models.reports import TrainLoss, log_image
 from models.seq2seq import Seq2Seq
 
 STAGES = ("val", "test")
@@ -82,6 +82,7 @@ class Translator(LightningModule):
         )
         self.exact_match = nn.ModuleDict({stage: MeanMetric() for stage in STAGES})
         self.perplexity = nn.ModuleDict({stage: Perplexity(ignore_index=PAD_ID) for stage in STAGES})
+        self.train_loss = TrainLoss()
         self.samples: list[list[str]] = []
         self.attention_maps: list[tuple[list[str], list[str], torch.Tensor]] = []
 
@@ -109,7 +110,7 @@ class Translator(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch, self.hparams.teacher_forcing)
         loss = self.loss(logits, batch["target"][:, 1:])
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(logits))
+        self.train_loss(self, loss)
         return loss
 
     def _evaluate(self, batch: dict[str, Any], stage: str, beam_size: int) -> list[str]:

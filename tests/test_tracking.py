@@ -34,3 +34,38 @@ def test_wandb_mode_in_the_environment_decides(mode: str, offline: bool, monkeyp
 def test_explicit_offline_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert WandbLogger(offline=True).offline
+
+
+def test_train_loss_is_the_mean_since_the_last_logger_write(tmp_path: Path) -> None:
+    """``train/loss`` reaches the logger every ``log_every_n_steps`` steps as the mean of those steps'
+    losses, restarting each epoch (the last steps of an epoch, short of a write, are dropped)."""
+    import csv
+
+    import torch
+    from lightning.pytorch import Callback, Trainer, seed_everything
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from models.lenet_classifier import LeNetClassifier
+
+    class KeepLosses(Callback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.losses.append(float(outputs["loss"]))
+
+    seed_everything(0)
+    data = TensorDataset(torch.randn(7 * 8, 1, 28, 28), torch.randint(0, 3, (7 * 8,)))
+    kept = KeepLosses()
+    trainer = Trainer(max_epochs=2, log_every_n_steps=3, logger=CSVLogger(tmp_path), callbacks=[kept],
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, accelerator="cpu")
+    trainer.fit(LeNetClassifier(["a", "b", "c"]), DataLoader(data, batch_size=8))  # 7 steps an epoch
+    with open(Path(trainer.log_dir) / "metrics.csv") as f:
+        logged = {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f) if row["train/loss"]}
+    # Writes after steps 2, 5 (epoch 0: steps 0-6), 8, 11 (epoch 1: steps 7-13); 6 and 12-13 fall short.
+    windows = {2: range(0, 3), 5: range(3, 6), 8: range(7, 9), 11: range(9, 12)}
+    assert logged.keys() == windows.keys()
+    for step, window in windows.items():
+        assert logged[step] == pytest.approx(sum(kept.losses[i] for i in window) / len(window), rel=1e-5)
