@@ -15,8 +15,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import yaml
 import torch.nn.functional as F
+import yaml
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch.utils.data import DataLoader
 

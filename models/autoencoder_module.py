@@ -24,7 +24,7 @@ from torchvision.utils import make_grid
 from datamodules.mnist import MEAN, STD
 from models.autoencoder import ConvAutoencoder
 from models.optim import injected_optimizers
-from models.reports import TrainLoss, log_image
+from models.reports import StageLogging, TrainLoss, log_image
 
 STAGES = ("train", "val", "test")
 
@@ -34,7 +34,7 @@ def pixels(batch_images: torch.Tensor) -> torch.Tensor:
     return batch_images * STD + MEAN
 
 
-class AutoencoderModule(LightningModule):
+class AutoencoderModule(StageLogging, LightningModule):
     """Trains ``ConvAutoencoder`` to reconstruct images, or denoise them with ``noise_std > 0``.
 
     Args:
@@ -102,10 +102,7 @@ class AutoencoderModule(LightningModule):
         recon = logits.sigmoid()
         bce = F.binary_cross_entropy_with_logits(logits, clean)
         loss = bce if self.hparams.loss == "bce" else F.mse_loss(recon, clean)
-        if stage == "train":
-            self.train_loss(self, loss)
-        else:
-            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_loss(stage, loss)
         metrics = self.metrics[f"{stage}_metrics"]
         metrics["mse"].update(recon, clean)
         metrics["bce"].update(bce, weight=clean.numel())  # weighted by pixels: an exact per-pixel mean
@@ -116,17 +113,6 @@ class AutoencoderModule(LightningModule):
 
     def validation_step(self, batch: tuple, batch_idx: int) -> None:
         self._step(batch, batch_idx, "val")
-
-    def _log_metrics(self, stage: str) -> None:
-        """Log a stage's metrics once an epoch, not every step: Lightning moves a logged torchmetrics
-        object to the device on each call, which costs about a millisecond on a CPU."""
-        self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage != "train")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
 
     def on_test_epoch_start(self) -> None:
         self.shown, self.latents = {}, []
@@ -140,7 +126,7 @@ class AutoencoderModule(LightningModule):
             self.latents.append((out["latent"].detach().cpu(), batch[1].cpu()))
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
+        self.log_stage_metrics("test")
         rows = ["clean", "noisy", "recon"] if self.hparams.noise_std else ["clean", "recon"]
         images = torch.cat([self.shown[row].clamp(0, 1) for row in rows])  # (rows * n, C, H, W)
         grid = make_grid(images, nrow=len(self.shown["clean"]), pad_value=1.0)  # (3, H, W) in [0, 1]

@@ -18,12 +18,12 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from models.optim import injected_optimizers
-from models.reports import TrainLoss, log_confusion_matrix
+from models.reports import StageLogging, TrainLoss, log_confusion_matrix
 
 STAGES = ("train", "val", "test")
 
 
-class Classifier(LightningModule):
+class Classifier(StageLogging, LightningModule):
     """Cross-entropy training of ``self.net`` over ``label_names``.
 
     Args:
@@ -68,23 +68,9 @@ class Classifier(LightningModule):
         inputs, target = batch
         logits = self(inputs)  # (B, num_classes)
         loss = F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
-        if stage == "train":
-            self.train_loss(self, loss)
-        else:
-            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_loss(stage, loss)
         self.metrics[f"{stage}_metrics"].update(logits, target)  # accumulated; logged at the epoch's end
         return loss, logits
-
-    def _log_metrics(self, stage: str) -> None:
-        """Log a stage's metrics once an epoch: logging a torchmetrics object costs ~1.5 ms a call
-        (Lightning moves it to the device each time), ~25% of a LeNet step on a CPU core."""
-        self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage != "train")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_metrics("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
@@ -105,7 +91,7 @@ class Classifier(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         """Test metrics and the confusion matrix; subclasses that report more call this first."""
-        self._log_metrics("test")
+        self.log_stage_metrics("test")
         log_confusion_matrix(self, self.confusion)
 
     def predict_step(self, batch: tuple, batch_idx: int) -> list[dict[str, Any]]:

@@ -38,6 +38,31 @@ class TrainLoss:
             self.total, self.count = 0.0, 0
 
 
+class StageLogging:
+    """Loss and metric logging for a LightningModule whose ``self.metrics[f"{stage}_metrics"]``
+    collections its steps update, and which holds a ``TrainLoss`` as ``self.train_loss``.
+
+    Metrics are logged once an epoch, not every step: Lightning moves a logged torchmetrics object to
+    the device on each ``self.log`` call (~1.5 ms on a CPU, ~25% of a LeNet step). Put it before
+    ``LightningModule`` in the bases so its epoch-end hooks are the ones Lightning calls.
+    """
+
+    def log_loss(self, stage: str, loss: torch.Tensor) -> None:
+        if stage == "train":
+            self.train_loss(self, loss)
+        else:
+            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+
+    def log_stage_metrics(self, stage: str) -> None:
+        self.log_dict(self.metrics[f"{stage}_metrics"], prog_bar=stage != "train")
+
+    def on_train_epoch_end(self) -> None:
+        self.log_stage_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_stage_metrics("val")
+
+
 def run_dir(module: LightningModule) -> Path:
     """The folder of the current run: the first logger's version folder, else the root dir."""
     return Path(module.trainer.log_dir or module.trainer.default_root_dir)
