@@ -25,6 +25,7 @@ from benchmarks import ae_vs_pca, attention_vs_none, mnist_baseline
 from benchmarks.data_path import data_path
 from benchmarks.decoding import decoding
 from benchmarks.harness import Row, machine, not_measured
+from benchmarks.optimizer import fused_adamw
 from benchmarks.overhead import lenet_overhead, lstm_overhead
 from benchmarks.scaling import scaling
 from benchmarks.tokenization import tokenization
@@ -59,6 +60,7 @@ MEASURES: list[tuple[str, Measure]] = [
     ("tokenization", tokenization),
     ("sequences", provided("packed_vs_padded", "sequences", "Sequences: length buckets vs padding to the maximum")),
     ("decoding", decoding),
+    ("fused AdamW", fused_adamw),
     ("scaling", scaling),
     ("MNIST baseline", mnist_baseline.row),
     ("sentiment baseline", provided("sentiment_baseline", "row", "Quality: LSTM vs TF-IDF + logistic regression")),

@@ -39,8 +39,8 @@ def app_config(app: str) -> dict:
     return yaml.safe_load((Path(__file__).parents[1] / "apps" / app / "config.yaml").read_text())
 
 
-def optimizer_settings(config: dict) -> dict[str, float]:
-    """The app's AdamW arguments (learning rate, weight decay)."""
+def optimizer_settings(config: dict) -> dict[str, float | bool]:
+    """The app's AdamW arguments (learning rate, weight decay, fused)."""
     return config["model"]["optimizer"]["init_args"]
 
 
@@ -131,12 +131,13 @@ def lenet_module(label_names: list[str]) -> LeNetClassifier:
     return LeNetClassifier(label_names, **LENET_OPTIONS, optimizer=partial(torch.optim.AdamW, **LENET_OPTIMIZER))
 
 
-def lenet_plain_loop(data: TensorBatches, epochs: int) -> None:
-    """The training loop of the PyTorch tutorials, over the same data and normalisation."""
+def lenet_plain_loop(data: TensorBatches, epochs: int, adamw: dict | None = None) -> None:
+    """The training loop of the PyTorch tutorials, over the same data and normalisation, with the
+    app's AdamW settings unless ``adamw`` replaces them."""
     seed_everything(0, verbose=False)
     module = lenet_module([str(d) for d in range(10)])
     model, metrics = module.net, module.metrics["train_metrics"]
-    optimizer = torch.optim.AdamW(model.parameters(), **LENET_OPTIMIZER)
+    optimizer = torch.optim.AdamW(model.parameters(), **(adamw or LENET_OPTIMIZER))
     loader = DataLoader(data, batch_size=LENET_BATCH, shuffle=True, collate_fn=keep_batch)
     for _ in range(epochs):
         model.train()
@@ -188,13 +189,14 @@ def sentiment_module(datamodule: SentimentDataModule) -> SentimentClassifier:
     return SentimentClassifier(datamodule.label_names, vocab_size=datamodule.vocab_size, optimizer=optimizer)
 
 
-def lstm_plain_loop(datamodule: SentimentDataModule, epochs: int) -> None:
+def lstm_plain_loop(datamodule: SentimentDataModule, epochs: int, adamw: dict | None = None) -> None:
     """The tutorials' loop with the app's gradient clipping, over the DataModule's own batches
-    (length buckets, padded per batch): the same batches in the same order as under the Trainer."""
+    (length buckets, padded per batch): the same batches in the same order as under the Trainer.
+    AdamW takes the app's settings unless ``adamw`` replaces them."""
     seed_everything(0, verbose=False)
     module = sentiment_module(datamodule)
     model, metrics = module.net, module.metrics["train_metrics"]
-    optimizer = torch.optim.AdamW(model.parameters(), **LSTM_OPTIMIZER)
+    optimizer = torch.optim.AdamW(model.parameters(), **(adamw or LSTM_OPTIMIZER))
     loader = datamodule.train_dataloader()
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)  # as Lightning does: a new bucket order each epoch
