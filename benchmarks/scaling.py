@@ -27,11 +27,11 @@ LSTM_TOKENS = 32  # tokens per random text: a long tweet
 
 
 def lenet_step(batch_size: int) -> Callable[[], None]:
-    """One AdamW training step of the app's LeNet-5 on a random MNIST-shaped batch."""
+    """One fused AdamW training step of the app's LeNet-5 on a random MNIST-shaped batch."""
     from models.lenet import LeNet5
 
     net = LeNet5()
-    optimizer = torch.optim.AdamW(net.parameters())
+    optimizer = torch.optim.AdamW(net.parameters(), fused=True)  # as the apps configure it
     images, labels = torch.randn(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
 
     def step() -> None:
@@ -44,11 +44,11 @@ def lenet_step(batch_size: int) -> Callable[[], None]:
 
 
 def lstm_step(batch_size: int) -> Callable[[], None]:
-    """One AdamW training step of the sentiment app's default LSTM on random texts of ``LSTM_TOKENS`` tokens."""
+    """One fused AdamW training step of the sentiment app's default LSTM on random texts of ``LSTM_TOKENS`` tokens."""
     from models.lstm import LSTMClassifier
 
     net = LSTMClassifier(vocab_size=20_000, num_classes=2)
-    optimizer = torch.optim.AdamW(net.parameters())
+    optimizer = torch.optim.AdamW(net.parameters(), fused=True)  # as the apps configure it
     tokens = torch.randint(2, 20_000, (batch_size, LSTM_TOKENS))
     lengths = torch.full((batch_size,), LSTM_TOKENS)
     labels = torch.randint(0, 2, (batch_size,))
