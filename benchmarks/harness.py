@@ -70,8 +70,10 @@ def difference(minuend: list[float], subtrahend: list[float]) -> tuple[float, fl
     return statistics.median(differences), min(differences), max(differences)
 
 
-def fmt_ratio(median: float, low: float, high: float) -> str:
-    return f"{median:.2f}x ({low:.2f}-{high:.2f})"
+def fmt_ratio(median: float, low: float, high: float, digits: int = 2) -> str:
+    """``1.03x (0.98-1.07)``; more ``digits`` for a median that lies close to its goal, so that the
+    figure shown agrees with the verdict (1.052 is not <= 1.05, yet rounds to 1.05)."""
+    return f"{median:.{digits}f}x ({low:.2f}-{high:.2f})"
 
 
 def not_measured(name: str, goal: str, why: str) -> Row:

@@ -32,6 +32,7 @@ def test_difference_is_the_median_of_per_round_differences() -> None:
 
 def test_fmt_ratio() -> None:
     assert fmt_ratio(1.034, 0.981, 1.2) == "1.03x (0.98-1.20)"
+    assert fmt_ratio(1.0521, 0.981, 1.2, digits=3) == "1.052x (0.98-1.20)"  # not the 1.05x that would pass <= 1.05
 
 
 @pytest.mark.parametrize(("met", "verdict"), [(True, "met"), (False, "**not met**"), (None, "-")])
