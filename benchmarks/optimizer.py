@@ -2,10 +2,11 @@
 parameters, which updates one parameter tensor at a time.
 
 AdamW reads and writes every weight and both of its moment buffers at every step. Per tensor, that
-is about seven elementwise passes over the whole tensor (the decay ``mul_``, ``lerp_`` and ``addcmul_``
-for the moments, ``sqrt``, a division and an addition for the denominator, the ``addcdiv_`` update),
-with temporaries in between; the fused kernel makes one pass over each parameter. The sentiment LSTM's 20,000 x 64
-embedding is most of its weights, so there the step is a large share of the training time.
+is about seven elementwise passes over the whole tensor (the decay ``mul_``, ``lerp_`` and
+``addcmul_`` for the moments, ``sqrt``, a division and an addition for the denominator, the
+``addcdiv_`` update), with temporaries in between; the fused kernel makes one pass over each
+parameter. The sentiment LSTM's 20,000 x 64 embedding is most of its weights, so there the step is a
+large share of the training time.
 
 Both candidates are the plain PyTorch loop of ``benchmarks.overhead`` (the apps' nets, batches,
 learning rate, weight decay and clipping) with only ``fused`` changed, so the ratio is the optimizer's.
