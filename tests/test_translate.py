@@ -168,6 +168,40 @@ def test_net_shapes_and_padding_is_ignored(rnn: str, attention: str) -> None:
         torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:2]))
 
 
+@pytest.mark.parametrize("rnn, attention", [("gru", "additive"), ("lstm", "multiplicative"), ("gru", "none"), ("lstm", "none")])
+def test_decoder_step_is_the_plain_layers_on_the_context(rnn: str, attention: str) -> None:
+    """The decoder reads the context through annotations projected once per sentence and writes the
+    cell's gates out, for k hypotheses sharing their sentence's memory; each row's step must still be
+    ``cell([y; c], s)`` and ``out(tanh(pre_output([s'; c; y])))`` on its own plain context ``c``."""
+    torch.manual_seed(0)
+    net = Seq2Seq(40, 30, embedding_dim=8, hidden_size=16, rnn=rnn, attention=attention).eval()
+    decoder, k = net.decoder, 3
+    source, lengths = random_batch()
+    memory, _ = net.encode(source, lengths)
+    keys, final, _ = net.encoder(source, lengths)
+    token = torch.randint(4, 30, (len(source) * k,))
+    h = torch.randn(len(token), 16)  # a different state per hypothesis: each attends differently
+    state = (h, torch.randn_like(h)) if rnn == "lstm" else h
+    with torch.no_grad():
+        logits, new_state, weights = decoder(token, state, memory)
+
+        embedded = decoder.embedding(token)
+        if attention == "none":
+            context = final.repeat_interleave(k, 0)
+            assert weights is None
+        else:  # every hypothesis as a sentence of its own, with one query
+            own_keys, own_mask = keys.repeat_interleave(k, 0), memory.mask.repeat_interleave(k, 0)
+            scores = decoder.attention.scores(h.unsqueeze(1), decoder.attention.project(own_keys)).squeeze(1)
+            plain_weights = scores.masked_fill(~own_mask, float("-inf")).softmax(-1)
+            torch.testing.assert_close(weights, plain_weights)
+            context = torch.bmm(plain_weights.unsqueeze(1), own_keys).squeeze(1)
+        plain_state = decoder.cell(torch.cat([embedded, context], -1), state)
+        plain_h = plain_state[0] if rnn == "lstm" else plain_state
+        plain_logits = decoder.out(torch.tanh(decoder.pre_output(torch.cat([plain_h, context, embedded], -1))))
+    torch.testing.assert_close(new_state, plain_state)
+    torch.testing.assert_close(logits, plain_logits)
+
+
 @pytest.mark.parametrize("rnn", ["gru", "lstm"])
 def test_beam_of_one_is_greedy(rnn: str) -> None:
     torch.manual_seed(1)
