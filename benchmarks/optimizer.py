@@ -22,11 +22,11 @@ from benchmarks.overhead import (
     LENET_OPTIMIZER,
     LSTM_BATCH,
     LSTM_OPTIMIZER,
-    TensorBatches,
     lenet_plain_loop,
     lstm_plain_loop,
     mnist_shaped_digits,
 )
+from datamodules.mnist import TensorBatches
 from datamodules.sentiment import SentimentDataModule
 
 

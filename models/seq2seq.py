@@ -30,6 +30,11 @@ CELLS = {"gru": nn.GRUCell, "lstm": nn.LSTMCell}
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
+def hidden(state: State) -> torch.Tensor:
+    """The hidden state h (B, H) of a GRU's or an LSTM's state."""
+    return state[0] if isinstance(state, tuple) else state
+
+
 def select(state: State, rows: torch.Tensor) -> State:
     """The state of the given batch rows (beam search reorders hypotheses)."""
     return tuple(s[rows] for s in state) if isinstance(state, tuple) else state[rows]
@@ -210,11 +215,11 @@ class Decoder(nn.Module):
 
         Rows are hypotheses, ``k = N / B`` in a row for each of the memory's B sentences.
         """
-        e, hidden, gates_size = self.embedding.embedding_dim, self.cell.hidden_size, len(self.cell.weight_ih)
+        e, gates_size = self.embedding.embedding_dim, len(self.cell.weight_ih)
         b = len(memory.mask)
         k = len(token) // b
         embedded = self.dropout(self.embedding(token))  # (N, E)
-        h = state[0] if isinstance(state, tuple) else state  # (N, H)
+        h = hidden(state)  # (N, H)
         if self.attention is None:
             weights, from_context = None, memory.values.expand(b, k, -1)
         else:
@@ -224,9 +229,9 @@ class Decoder(nn.Module):
         to_gates, to_output = from_context.reshape(b * k, -1).split([gates_size, e], -1)  # (N, G), (N, E)
         gates = F.linear(embedded, self.cell.weight_ih[:, :e], self.cell.bias_ih) + to_gates  # W_ih [y; c] + b_ih
         state = self.step(gates, state, self.cell)
-        h = state[0] if isinstance(state, tuple) else state
+        h = hidden(state)
         w = self.pre_output.weight  # columns: s_t, c_t, y_{t-1}
-        deep = F.linear(h, w[:, :hidden], self.pre_output.bias) + to_output + F.linear(embedded, w[:, -e:])
+        deep = F.linear(h, w[:, : h.shape[1]], self.pre_output.bias) + to_output + F.linear(embedded, w[:, -e:])
         logits = self.out(self.dropout(torch.tanh(deep)))
         return logits, state, weights
 

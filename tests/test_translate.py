@@ -17,7 +17,7 @@ import apps.translate.__main__ as translate_app
 from datamodules.cldr_pairs import generate_pairs
 from datamodules.sources import DataError
 from datamodules.translation import BOS_ID, EOS_ID, PAD_ID, TranslationDataModule, read_pairs
-from models.seq2seq import Decoder, Seq2Seq
+from models.seq2seq import Decoder, Seq2Seq, hidden
 
 TSV = (
     "Go.\tVa !\tCC-BY 2.0 (France) Attribution: tatoeba.org #2877272\n"
@@ -185,7 +185,7 @@ def plain_memory(net: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, k: i
 def plain_step(decoder: Decoder, token: torch.Tensor, state, memory: dict[str, torch.Tensor | None]):
     """A decoder step as the architecture reads, on the context itself: ``cell([y; c], s)`` and
     ``out(tanh(pre_output([s'; c; y])))``. Logits, state and attention weights (None without attention)."""
-    h = state[0] if isinstance(state, tuple) else state
+    h = hidden(state)
     embedded = decoder.embedding(token)
     if decoder.attention is None:
         context, weights = memory["final"], None
@@ -194,7 +194,7 @@ def plain_step(decoder: Decoder, token: torch.Tensor, state, memory: dict[str, t
         weights = scores.masked_fill(~memory["mask"], float("-inf")).softmax(-1)
         context = torch.bmm(weights.unsqueeze(1), memory["keys"]).squeeze(1)
     state = decoder.cell(torch.cat([embedded, context], -1), state)
-    h = state[0] if isinstance(state, tuple) else state
+    h = hidden(state)
     return decoder.out(torch.tanh(decoder.pre_output(torch.cat([h, context, embedded], -1)))), state, weights
 
 
