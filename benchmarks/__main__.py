@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import ae_vs_pca, attention_vs_none, mnist_baseline
+from benchmarks import ae_vs_pca, attention_vs_none, gpu, mnist_baseline
 from benchmarks.data_path import data_path
 from benchmarks.decoding import decoding
 from benchmarks.harness import Row, machine, not_measured
@@ -31,13 +31,6 @@ from benchmarks.scaling import scaling
 from benchmarks.tokenization import tokenization
 
 Measure = Callable[[bool], Row | list[Row]]
-
-NOT_MEASURED_GPU = not_measured(
-    "GPU rows (LeNet images/s on GPU-resident tensors vs DataLoader, FLOP utilisation, bf16 vs fp32, torch.compile, cuDNN LSTM vs layer-norm cell)",
-    "-",
-    "no GPU was available to the session that wrote these benchmarks",
-)
-
 
 def provided(module: str, function: str, name: str) -> Measure:
     """A row that ``benchmarks.<module>.<function>(quick)`` measures, or, while that function does not
@@ -52,7 +45,7 @@ def provided(module: str, function: str, name: str) -> Measure:
     return measure
 
 
-# In the order of the table: speed first, then quality against the classic baselines.
+# In the order of the table: speed first, then quality against the classic baselines, then the GPU.
 MEASURES: list[tuple[str, Measure]] = [
     ("LeNet overhead", lenet_overhead),
     ("LSTM overhead", lstm_overhead),
@@ -67,6 +60,7 @@ MEASURES: list[tuple[str, Measure]] = [
     ("AE vs PCA", ae_vs_pca.row),
     ("attention vs none", attention_vs_none.row),
     ("finetune vs scratch", provided("finetune_vs_scratch", "row", "Quality: finetuned vs trained from scratch")),
+    ("GPU", gpu.rows),  # one 'not measured' row on a machine without CUDA
 ]
 
 
@@ -118,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
             print(row.markdown(), file=sys.stderr, flush=True)
         print(f"[benchmarks] {label}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         partial.write_text(document(rows, args.quick, finished=False))
-    if args.only is None:
-        rows.append(NOT_MEASURED_GPU)
-
     text = document(rows, args.quick, finished=True)
     partial.write_text(text)
     partial.replace(args.output)
