@@ -132,16 +132,16 @@ def utilisation(images_per_second: float, flops_per_image: float, peak: float | 
     return f"{tflops:.3f} TFLOP/s" + (f" ({tflops / peak:.3%} of the bf16 peak)" if peak else "")
 
 
-def lenet_rows(device: torch.device, n: int, repeats: int, large_batch: int, compile_net: bool = True) -> list[Row]:
-    images, labels = mnist_shaped_digits(n)
-    resident = images.to(device), labels.to(device)
-    data = f"{n:,} MNIST-shaped digits (scikit-learn's, tiled; real MNIST is not available offline), the mnist app's LeNet-5 and AdamW settings"
+def data_path_row(device: torch.device, images: torch.Tensor, labels: torch.Tensor, repeats: int, data: str) -> Row:
+    """LeNet-5 epochs over data kept on the device, over the app's tensor batches moved each step, and
+    over torchvision's per-sample PIL path, all with the same net at the app's batch size."""
     pinned = device.type == "cuda"
     torchvision_loader = DataLoader(
         PILDigits(images, labels, transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])),
         batch_size=LENET_BATCH, shuffle=True, drop_last=True, num_workers=1, pin_memory=pinned,
     )
     app_loader = DataLoader(TensorBatches(images, labels), batch_size=LENET_BATCH, shuffle=True, drop_last=True, collate_fn=keep_batch)
+    resident = images.to(device), labels.to(device)
     step = lenet_step(device)
     seconds = interleaved(
         {
@@ -151,79 +151,91 @@ def lenet_rows(device: torch.device, n: int, repeats: int, large_batch: int, com
         },
         repeats,
     )
-    steps = n // LENET_BATCH
-    per_second = {name: steps * LENET_BATCH / statistics.median(times) for name, times in seconds.items()}
+    seen = len(images) // LENET_BATCH * LENET_BATCH
+    per_second = {name: seen / statistics.median(times) for name, times in seconds.items()}
     median, low, high = ratio(seconds["torchvision"], seconds["resident"])
-    rows = [
-        Row(
-            name=f"GPU, LeNet-5 training images/s: data kept on the GPU / torchvision DataLoader path, batch {LENET_BATCH} ({repeats} rounds)",
-            measured=(
-                f"{fmt_ratio(median, low, high)}; {per_second['resident']:,.0f} against {per_second['torchvision']:,.0f} images/s "
-                f"(PIL, ToTensor, Normalize, 1 worker{', pinned memory' if pinned else ''}); the app's tensor batches moved "
-                f"each step: {per_second['app']:,.0f} images/s; at the first rate, an epoch of 60,000 takes "
-                f"{60_000 / per_second['resident']:.2f} s"
-            ),
-            goal="(recorded; anchor: a plain loop keeping MNIST on a laptop GPU reaches 99% in 0.76 s)",
-            met=None,
-            data=data,
-        )
-    ]
+    return Row(
+        name=f"GPU, LeNet-5 training images/s: data kept on the GPU / torchvision DataLoader path, batch {LENET_BATCH} ({repeats} rounds)",
+        measured=(
+            f"{fmt_ratio(median, low, high)}; {per_second['resident']:,.0f} against {per_second['torchvision']:,.0f} images/s "
+            f"(PIL, ToTensor, Normalize, 1 worker{', pinned memory' if pinned else ''}); the app's tensor batches moved "
+            f"each step: {per_second['app']:,.0f} images/s; at the first rate, an epoch of 60,000 takes "
+            f"{60_000 / per_second['resident']:.2f} s"
+        ),
+        goal="(recorded; anchor: a plain loop keeping MNIST on a laptop GPU reaches 99% in 0.76 s)",
+        met=None,
+        data=data,
+    )
 
-    # Precision and compilation, on GPU-resident data, at the app's batch size and at a large one.
-    variants = {"fp32": {}, "bf16-mixed": {"bf16": True}}
+
+def variant_rows(device: torch.device, images: torch.Tensor, labels: torch.Tensor, repeats: int, large_batch: int,
+                 compile_net: bool, data: str) -> list[Row]:
+    """bf16-mixed and compiled LeNet-5 training against fp32 eager, on data kept on the device, at the
+    app's batch size and at ``large_batch``; and the FLOP utilisation of the fastest."""
+    variants: dict[str, dict[str, bool]] = {"fp32": {}, "bf16-mixed": {"bf16": True}}
     if compile_net:
         variants["compiled"] = {"compiled": True}
+    resident = images.to(device), labels.to(device)
+    rate: dict[tuple[int, str], float] = {}  # images/s by (batch size, variant)
+    speedup: dict[tuple[int, str], float] = {}  # over fp32 eager, by (batch size, variant)
+    compiling: dict[int, float] = {}  # seconds of the first compiled epoch, by batch size
+    for batch_size in (LENET_BATCH, large_batch):
+        epochs = {name: partial(resident_epoch, lenet_step(device, **options), *resident, batch_size) for name, options in variants.items()}
+        if compile_net:  # the first call compiles: timed apart from the rounds
+            compiling[batch_size] = timed(epochs["compiled"])
+        seconds = interleaved(epochs, repeats)
+        seen = len(images) // batch_size * batch_size
+        for name, times in seconds.items():
+            rate[batch_size, name] = seen / statistics.median(times)
+            speedup[batch_size, name] = ratio(seconds["fp32"], times)[0]
+
+    def against_fp32(variant: str) -> str:
+        sizes = (LENET_BATCH, large_batch)
+        return "; ".join(f"batch {b}: {speedup[b, variant]:.2f}x ({rate[b, variant]:,.0f} images/s)" for b in sizes)
+
     flops = lenet_flops_per_image()
     peak = bf16_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    figures: dict[int, dict[str, float]] = {}
-    compile_seconds: dict[int, float] = {}
-    for batch_size in (LENET_BATCH, large_batch):
-        steps_of = {name: lenet_step(device, **options) for name, options in variants.items()}
-        if compile_net:  # the first call compiles; timed apart from the rounds
-            compile_seconds[batch_size] = timed(partial(resident_epoch, steps_of["compiled"], *resident, batch_size))
-        timed_rounds = interleaved({name: partial(resident_epoch, s, *resident, batch_size) for name, s in steps_of.items()}, repeats)
-        images_seen = n // batch_size * batch_size
-        figures[batch_size] = {name: images_seen / statistics.median(times) for name, times in timed_rounds.items()}
-        figures[batch_size] |= {f"{name} / fp32": ratio(timed_rounds["fp32"], times)[0] for name, times in timed_rounds.items() if name != "fp32"}
-
-    def speedups(variant: str) -> str:
-        return "; ".join(f"batch {b}: {f[f'{variant} / fp32']:.2f}x ({f[variant]:,.0f} images/s)" for b, f in figures.items())
-
-    best = max(((b, name) for b in figures for name in variants), key=lambda key: figures[key[0]][key[1]])
-    rows.append(
+    fastest = max(rate, key=rate.get)
+    rows = [
         Row(
             name=f"GPU, LeNet-5 FLOP utilisation implied by its training images/s ({flops / 1e6:.2f} MFLOP per image, forward and backward)",
             measured=(
-                f"batch {LENET_BATCH}, fp32: {utilisation(figures[LENET_BATCH]['fp32'], flops, peak)}; fastest, batch {best[0]} "
-                f"{best[1]}: {utilisation(figures[best[0]][best[1]], flops, peak)}"
+                f"batch {LENET_BATCH}, fp32: {utilisation(rate[LENET_BATCH, 'fp32'], flops, peak)}; fastest, batch {fastest[0]} "
+                f"{fastest[1]}: {utilisation(rate[fastest], flops, peak)}"
             ),
             goal="(recorded)",
             met=None,
             data=data + (f"; peak {peak:,.0f} TFLOP/s dense bf16 (NVIDIA's datasheet)" if peak else "; no bf16 peak on file for this device"),
-        )
-    )
-    rows.append(
+        ),
         Row(
             name="GPU, LeNet-5 training: bf16-mixed (autocast) / fp32, images/s",
-            measured=speedups("bf16-mixed"),
+            measured=against_fp32("bf16-mixed"),
             goal="(recorded)",
             met=None,
             data=data + ", data kept on the GPU",
-        )
-    )
+        ),
+    ]
     if compile_net:
         rows.append(
             Row(
                 name="GPU, LeNet-5 training: torch.compile / eager, images/s",
-                measured=speedups("compiled") + "; compiling (the first epoch): " + ", ".join(
-                    f"batch {b}: {s:.0f} s" for b, s in compile_seconds.items()
-                ),
+                measured=against_fp32("compiled") + "; the first epoch, compiling: "
+                + ", ".join(f"batch {b}: {s:.0f} s" for b, s in compiling.items()),
                 goal="(recorded)",
                 met=None,
                 data=data + ", data kept on the GPU, fp32",
             )
         )
     return rows
+
+
+def lenet_rows(device: torch.device, n: int, repeats: int, large_batch: int, compile_net: bool = True) -> list[Row]:
+    images, labels = mnist_shaped_digits(n)
+    data = f"{n:,} MNIST-shaped digits (scikit-learn's, tiled; real MNIST is not available offline), the mnist app's LeNet-5 and AdamW settings"
+    return [
+        data_path_row(device, images, labels, repeats, data),
+        *variant_rows(device, images, labels, repeats, large_batch, compile_net, data),
+    ]
 
 
 def lstm_row(device: torch.device, examples: int, repeats: int, max_length: int = 512) -> Row:

@@ -78,4 +78,4 @@ def test_gpu_rows_compile_the_net() -> None:
     # torch.compile on the CPU (inductor, a C++ compiler): about a minute on 2 cores.
     rows = gpu.lenet_rows(CPU, n=256, repeats=1, large_batch=128, compile_net=True)
     (compiled,) = [row for row in rows if "torch.compile" in row.name]
-    assert "batch 64: " in compiled.measured and "compiling (the first epoch)" in compiled.measured
+    assert "batch 64: " in compiled.measured and "the first epoch, compiling: " in compiled.measured
