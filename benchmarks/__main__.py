@@ -60,7 +60,10 @@ MEASURES: list[tuple[str, Measure]] = [
     ("AE vs PCA", ae_vs_pca.row),
     ("attention vs none", attention_vs_none.row),
     ("finetune vs scratch", provided("finetune_vs_scratch", "row", "Quality: finetuned vs trained from scratch")),
-    ("GPU", gpu.rows),  # one 'not measured' row on a machine without CUDA
+    # On a machine without CUDA, each GPU entry is one row marked not measured.
+    ("GPU data path", gpu.lenet_data_path),
+    ("GPU precision and compile", gpu.lenet_precision_and_compile),
+    ("GPU LSTM", gpu.lstm_cells),
 ]
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from benchmarks import gpu
-from datamodules.mnist import MEAN, STD
+from datamodules.mnist import MEAN, STD, TensorBatches, keep_batch
 
 CPU = torch.device("cpu")
 
@@ -22,11 +23,19 @@ def test_lenet_flops_are_its_convolutions_and_products_forward_and_backward() ->
     assert gpu.lenet_flops_per_image() == 3 * forward - 2 * conv1
 
 
+def test_utilisation_is_flops_per_second_over_the_peak() -> None:
+    # 1e6 images/s of 2 MFLOP each: 2 TFLOP/s, a fifth of a percent of 1,000 TFLOP/s.
+    assert gpu.utilisation(1e6, 2e6, 1000.0) == "2.000 TFLOP/s (0.200% of the bf16 peak)"
+    assert gpu.utilisation(1e6, 2e6, None) == "2.000 TFLOP/s"
+
+
 @pytest.mark.parametrize(
     ("device_name", "peak"),
     [
         ("NVIDIA H100 80GB HBM3", 989.0),
         ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA H200 NVL", 835.0),
         ("NVIDIA GH200 480GB", 989.0),
         ("NVIDIA A100-SXM4-80GB", 312.0),
         ("NVIDIA A10G", None),  # not an A10
@@ -51,16 +60,31 @@ def test_resident_epoch_trains_on_every_full_batch_once_normalised() -> None:
     torch.testing.assert_close(pixels, (order.float() / 255 - MEAN) / STD)  # each image with its label
 
 
-def test_gpu_rows_without_cuda_are_one_row_that_says_why(monkeypatch) -> None:
+def test_a_timed_epoch_ends_once_its_kernels_are_done(monkeypatch) -> None:
+    events = []
+    monkeypatch.setattr(gpu, "synchronize", lambda device: events.append("synchronize"))
+    images, labels = torch.zeros(8, 28, 28, dtype=torch.uint8), torch.zeros(8, dtype=torch.long)
+    step = lambda x, y: events.append("step")  # noqa: E731
+
+    gpu.resident_epoch(step, images, labels, batch_size=4)
+    gpu.loader_epoch(step, DataLoader(TensorBatches(images, labels), batch_size=4, collate_fn=keep_batch), CPU)
+    assert events == ["step", "step", "synchronize"] * 2
+
+
+def test_without_cuda_each_gpu_entry_is_a_row_that_says_why(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    (row,) = gpu.rows(quick=True)
-    assert (row.measured, row.met) == ("not measured", None)
-    assert "no CUDA device" in row.data and "--only gpu" in row.data
+    rows = [gpu.lenet_data_path(True), *gpu.lenet_precision_and_compile(True), gpu.lstm_cells(True)]
+    assert [row.name.split(":")[0] for row in rows] == ["GPU, LeNet-5 training images/s", "GPU, LeNet-5 training",
+                                                        "GPU, sentiment LSTM training"]
+    assert all(row.measured == "not measured" and "no CUDA device" in row.data for row in rows)
 
 
 def test_gpu_rows_measure_on_any_device() -> None:
-    rows = [*gpu.lenet_rows(CPU, n=256, repeats=1, large_batch=128, compile_net=False), gpu.lstm_row(CPU, 32, 1, max_length=48)]
-
+    rows = [
+        gpu.data_path_row(CPU, n=256, repeats=1),
+        *gpu.variant_rows(CPU, n=256, repeats=1, large_batch=128, compile_net=False),
+        gpu.lstm_row(CPU, examples=32, repeats=1, max_length=48),
+    ]
     names = [row.name.split(":")[0] for row in rows]
     assert names == [
         "GPU, LeNet-5 training images/s",
@@ -74,8 +98,10 @@ def test_gpu_rows_measure_on_any_device() -> None:
 
 
 @pytest.mark.slow
-def test_gpu_rows_compile_the_net() -> None:
-    # torch.compile on the CPU (inductor, a C++ compiler): about a minute on 2 cores.
-    rows = gpu.lenet_rows(CPU, n=256, repeats=1, large_batch=128, compile_net=True)
+def test_gpu_rows_compile_each_batch_size_once(monkeypatch) -> None:
+    # torch.compile on the CPU (inductor, a C++ compiler): about a minute on 2 cores. A recompile would
+    # time a graph with a dynamic batch size, and a recompile's seconds as the compile's.
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    rows = gpu.variant_rows(CPU, n=256, repeats=1, large_batch=128, compile_net=True)
     (compiled,) = [row for row in rows if "torch.compile" in row.name]
-    assert "batch 64: " in compiled.measured and "the first epoch, compiling: " in compiled.measured
+    assert "batch 64: " in compiled.measured and "the first epoch, compiling: batch 64: " in compiled.measured
