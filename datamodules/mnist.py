@@ -269,7 +269,7 @@ class MNISTDataModule(LightningDataModule):
         if requested == "mnist":
             raise DataError(f"MNIST is not in {self.raw_dir}: {self.download_error or 'download failed'}")
         why = self.download_error or "could not be downloaded"
-        return "digits", f"scikit-learn's 8x8 digits resized to 28x28, because MNIST is not in {self.raw_dir} and {why}"
+        return "digits", f"scikit-learn's 8x8 digits scaled into a 28x28 frame like MNIST's, because MNIST is not in {self.raw_dir} and {why}"
 
     def read_mnist(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One MNIST split through torchvision's IDX readers; a corrupt file is an error, never a fallback."""

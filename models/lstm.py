@@ -15,7 +15,7 @@ Padding never changes a text's prediction, and no packing is needed for that:
 - pooling reads only a text's own positions (masked max, or the states at its first and last token).
 
 Why not ``pack_padded_sequence``: on CPU, ``nn.LSTM`` runs a packed batch step by step outside the
-oneDNN kernel, about 5 times slower than the same batch unpacked, and slower even than padding every
+oneDNN kernel, about 7 times slower than the same batch unpacked, and slower even than padding every
 batch to 512 tokens (``python -m benchmarks.packed_vs_padded --packed``); length buckets keep the
 padding small anyway. On CUDA, cuDNN runs packed batches at full speed, so
 there each direction packs (``StackedLSTM.pack``). The parameters are the same either way: a
