@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import benchmarks.__main__ as benchmarks_main
-from benchmarks.harness import Row, difference, fmt_ratio, interleaved, not_measured, ratio
+from benchmarks.harness import Row, cpu_model, difference, fmt_ratio, interleaved, not_measured, ratio
 
 
 def test_interleaved_warms_up_then_alternates_the_order() -> None:
@@ -44,6 +44,13 @@ def test_row_markdown(met: bool | None, verdict: str) -> None:
 def test_row_markdown_keeps_a_cell_in_its_column() -> None:
     row = Row(name="a | b", measured="1x", goal="-", met=None, data="line one\nline two")
     assert row.markdown() == "| a \\| b | 1x | - | - | line one line two |"
+
+
+def test_cpu_model_reads_the_model_name_else_the_architecture(tmp_path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
+    assert cpu_model(str(cpuinfo)) == "AMD EPYC 7B13"
+    assert cpu_model(str(tmp_path / "missing")) not in ("", "AMD EPYC 7B13")  # platform's name for the processor
 
 
 def test_not_measured_says_why() -> None:
