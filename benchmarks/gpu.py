@@ -28,6 +28,7 @@ import re
 import statistics
 from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -280,8 +281,14 @@ def lstm_row(device: torch.device, *, examples: int, repeats: int, max_length: i
     )
 
 
-# Sizes of the quick run and of the full run: LeNet images and rounds, the large LeNet batch, LSTM texts.
-SIZES = {True: (4_096, 2, 512, 64), False: (60_000, 5, 1_024, 256)}
+class Sizes(NamedTuple):
+    images: int  # LeNet-5 images an epoch
+    repeats: int  # interleaved rounds
+    large_batch: int  # the LeNet-5 batch beside the app's
+    texts: int  # LSTM texts a pass
+
+
+SIZES = {True: Sizes(4_096, 2, 512, 64), False: Sizes(60_000, 5, 1_024, 256)}  # by quick
 CUDA = torch.device("cuda")
 
 
@@ -295,19 +302,19 @@ def without_cuda(name: str) -> Row:
 def lenet_data_path(quick: bool) -> Row:
     if not torch.cuda.is_available():
         return without_cuda("GPU, LeNet-5 training images/s: data kept on the GPU / torchvision DataLoader path")
-    n, repeats, _, _ = SIZES[quick]
-    return data_path_row(CUDA, n=n, repeats=repeats)
+    size = SIZES[quick]
+    return data_path_row(CUDA, n=size.images, repeats=size.repeats)
 
 
 def lenet_precision_and_compile(quick: bool) -> list[Row]:
     if not torch.cuda.is_available():
         return [without_cuda("GPU, LeNet-5 training: bf16-mixed and torch.compile / fp32 eager, and the FLOP utilisation")]
-    n, repeats, large_batch, _ = SIZES[quick]
-    return variant_rows(CUDA, n=n, repeats=repeats, large_batch=large_batch)
+    size = SIZES[quick]
+    return variant_rows(CUDA, n=size.images, repeats=size.repeats, large_batch=size.large_batch)
 
 
 def lstm_cells(quick: bool) -> Row:
     if not torch.cuda.is_available():
         return without_cuda("GPU, sentiment LSTM training: layer-norm cell / fused cuDNN LSTM")
-    _, repeats, _, texts = SIZES[quick]
-    return lstm_row(CUDA, examples=texts, repeats=repeats)
+    size = SIZES[quick]
+    return lstm_row(CUDA, examples=size.texts, repeats=size.repeats)

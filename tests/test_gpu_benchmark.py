@@ -105,3 +105,17 @@ def test_gpu_rows_compile_each_batch_size_once(monkeypatch) -> None:
     rows = gpu.variant_rows(CPU, n=256, repeats=1, large_batch=128, compile_net=True)
     (compiled,) = [row for row in rows if "torch.compile" in row.name]
     assert "batch 64: " in compiled.measured and "the first epoch, compiling: batch 64: " in compiled.measured
+
+
+def test_with_cuda_each_gpu_entry_measures_at_its_sizes(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    calls = {}
+    for name in ("data_path_row", "variant_rows", "lstm_row"):
+        monkeypatch.setattr(gpu, name, lambda device, name=name, **sizes: calls.setdefault(name, (device, sizes)))
+    gpu.lenet_data_path(False), gpu.lenet_precision_and_compile(False), gpu.lstm_cells(False)
+    full = gpu.SIZES[False]
+    assert calls == {
+        "data_path_row": (gpu.CUDA, {"n": full.images, "repeats": full.repeats}),
+        "variant_rows": (gpu.CUDA, {"n": full.images, "repeats": full.repeats, "large_batch": full.large_batch}),
+        "lstm_row": (gpu.CUDA, {"examples": full.texts, "repeats": full.repeats}),
+    }
