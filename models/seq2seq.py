@@ -104,8 +104,14 @@ class AdditiveAttention(nn.Module):
         return self.key(keys)
 
     def scores(self, query: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
-        """Scores (B, K, S) of K queries per sentence (B, K, H) over its projected keys (B, S, A)."""
-        return self.v(torch.tanh(projected.unsqueeze(1) + self.query(query).unsqueeze(2))).squeeze(-1)
+        """Scores (B, K, S) of K queries per sentence (B, K, H) over its projected keys (B, S, A).
+
+        The (B, K, S, A) sum is the largest tensor of a decoding step, so tanh overwrites it rather
+        than allocating another, and ``v`` is applied as the vector it is: a matrix-vector product
+        rather than a one-column ``Linear``. The scores are those of ``self.v``, up to rounding.
+        """
+        hidden = (projected.unsqueeze(1) + self.query(query).unsqueeze(2)).tanh_()  # (B, K, S, A)
+        return hidden @ self.v.weight[0]
 
 
 class MultiplicativeAttention(nn.Module):
