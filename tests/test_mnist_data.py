@@ -8,10 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conftest import write_mnist
-from datamodules.mnist import MNISTDataModule, random_affine, read_predict_inputs
+from datamodules.mnist import MNISTDataModule, affine_grid, random_affine, read_predict_inputs
 from datamodules.sources import DataError, network_timeout, reachable
 
 
@@ -96,6 +97,13 @@ def test_batches_are_sliced_normalised_and_augmented_only_in_training() -> None:
     dm.trainer = SimpleNamespace(training=True)
     augmented, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert not torch.allclose(augmented, plain)
+
+
+@pytest.mark.parametrize("batch, height, width", [(6, 28, 28), (3, 5, 7)])
+def test_affine_grid_is_torchs(batch: int, height: int, width: int) -> None:
+    theta = torch.randn(batch, 2, 3, generator=torch.Generator().manual_seed(0))
+    expected = F.affine_grid(theta, [batch, 1, height, width], align_corners=False)
+    assert torch.allclose(affine_grid(theta, height, width), expected, atol=1e-6)
 
 
 def test_random_affine_without_range_is_identity() -> None:
