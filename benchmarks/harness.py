@@ -41,7 +41,9 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 def machine() -> str:
     """The machine the figures were measured on."""
-    cpu = cpu_model()
+    # The vector instructions torch's CPU kernels use (AVX2, AVX512, ...): two machines that report the
+    # same model name ("AMD EPYC" on a virtual machine) can differ here, and the ratios with them.
+    cpu = f"{cpu_model()}, torch kernels {torch.backends.cpu.get_cpu_capability()}"
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}, torch threads {torch.get_num_threads()}"
 

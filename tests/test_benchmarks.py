@@ -5,9 +5,10 @@ and a whole ``python -m benchmarks`` run over stand-in measures (the real ones t
 from __future__ import annotations
 
 import pytest
+import torch
 
 import benchmarks.__main__ as benchmarks_main
-from benchmarks.harness import Row, cpu_model, difference, fmt_ratio, interleaved, not_measured, ratio
+from benchmarks.harness import Row, cpu_model, difference, fmt_ratio, interleaved, machine, not_measured, ratio
 
 
 def test_interleaved_warms_up_then_alternates_the_order() -> None:
@@ -51,6 +52,13 @@ def test_cpu_model_reads_the_model_name_else_the_architecture(tmp_path) -> None:
     cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t: avx2\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n")
     assert cpu_model(str(cpuinfo)) == "AMD EPYC 7B13"
     assert cpu_model(str(tmp_path / "missing")) not in ("", "AMD EPYC 7B13")  # platform's name for the processor
+
+
+def test_machine_names_the_vector_instructions_of_torchs_kernels(monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert "torch kernels AVX2" in machine()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert "torch kernels AVX512" in machine()
 
 
 def test_not_measured_says_why() -> None:
