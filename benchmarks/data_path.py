@@ -37,7 +37,10 @@ def data_path(quick: bool) -> Row:
     tensor_loader = DataLoader(TensorBatches(images, labels), batch_size=batch_size, shuffle=True, collate_fn=keep_batch)
     pil_transform = transforms.Compose(
         [
-            transforms.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.9, 1.1)),
+            # Bilinear, as the DataModule's grid_sample (RandomAffine's default is nearest-neighbour).
+            transforms.RandomAffine(
+                degrees=10, translate=(0.08, 0.08), scale=(0.9, 1.1), interpolation=transforms.InterpolationMode.BILINEAR
+            ),
             transforms.ToTensor(),
             transforms.Normalize((MEAN,), (STD,)),
         ]
@@ -60,5 +63,8 @@ def data_path(quick: bool) -> Row:
         measured=fmt_ratio(median, low, high),
         goal=">= 10x",
         met=median >= 10,
-        data=f"{n:,} MNIST-shaped digits, batch {batch_size}, main-process loading",
+        data=(
+            f"{n:,} MNIST-shaped digits, batch {batch_size}, main-process loading; both rotate, shift and scale "
+            "each image by its own random amount, interpolating bilinearly"
+        ),
     )
