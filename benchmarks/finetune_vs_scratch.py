@@ -25,7 +25,7 @@ import tempfile
 import time
 
 import apps.finetune.__main__ as finetune_app
-from benchmarks.harness import Row, full_run_only
+from benchmarks.harness import Row, full_run_only, mean_std
 from datamodules.images import ImageDataModule
 
 SEEDS = tuple(range(13))
@@ -74,10 +74,6 @@ def compare(seeds: tuple[int, ...] = SEEDS) -> tuple[dict[str, list[float]], dic
     return accs, seconds, sizes
 
 
-def spread(accs: list[float]) -> str:
-    return f"{statistics.mean(accs):.3f} ± {statistics.stdev(accs):.3f}"
-
-
 def row(quick: bool) -> Row:
     """The BENCHMARKS.md row; a full run only (27 `fit`s, 1.5 to 4 minutes on 2 CPU cores)."""
     if quick:
@@ -89,7 +85,7 @@ def row(quick: bool) -> Row:
     return Row(
         name=NAME,
         measured=(
-            f"{spread(finetuned)} vs {spread(scratch)}; finetuned ahead on {sum(g > 0 for g in gains)} of {len(gains)} "
+            f"{mean_std(finetuned)} vs {mean_std(scratch)}; finetuned ahead on {sum(g > 0 for g in gains)} of {len(gains)} "
             f"seeds, by {statistics.mean(gains):+.3f} on the mean (standard error "
             f"{statistics.stdev(gains) / len(gains) ** 0.5:.3f})"
         ),
@@ -114,7 +110,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, values in accs.items():
         per_seed = ", ".join(f"{a:.4f}" for a in values)
-        print(f"| {name} | {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} | {per_seed} | {statistics.mean(seconds[name]):.0f} s |")
+        print(f"| {name} | {mean_std(values, 4)} | {per_seed} | {statistics.mean(seconds[name]):.0f} s |")
     gains = [f - s for f, s in zip(accs["finetuned"], accs["scratch"])]
     print(f"finetuned - scratch, per seed: {', '.join(f'{g:+.4f}' for g in gains)}; mean {statistics.mean(gains):+.4f}")
 

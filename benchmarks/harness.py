@@ -88,6 +88,11 @@ def fmt_ratio(median: float, low: float, high: float, digits: int = 2) -> str:
     return f"{median:.{digits}f}x ({low:.2f}-{high:.2f})"
 
 
+def mean_std(values: list[float], digits: int = 3) -> str:
+    """``0.961 ± 0.020``: mean and sample standard deviation over seeds."""
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
 def not_measured(name: str, goal: str, why: str) -> Row:
     """A row that states its goal but has no figure in this run, and says why."""
     return Row(name=name, measured="not measured", goal=goal, met=None, data=why)

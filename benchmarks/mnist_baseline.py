@@ -23,7 +23,7 @@ from sklearn.datasets import load_digits
 from sklearn.svm import SVC
 
 import apps.mnist.__main__ as mnist_app
-from benchmarks.harness import Row, full_run_only
+from benchmarks.harness import Row, full_run_only, mean_std
 from datamodules.mnist import MNISTDataModule
 from datamodules.sources import seeded_split
 
@@ -59,12 +59,8 @@ def compare(seeds: tuple[int, ...] = SEEDS) -> tuple[list[float], list[float], l
     return svc, list(lenet), list(seconds), round(1797 * h.test_fraction)
 
 
-def spread(accs: list[float]) -> str:
-    return f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}"
-
-
 def row(quick: bool) -> Row:
-    """The BENCHMARKS.md row; a full run only (three default `fit`s)."""
+    """The BENCHMARKS.md row; a full run only (a default `fit` a seed)."""
     name = f"Quality: LeNet-5 vs SVC (RBF) test accuracy on the digits ({len(SEEDS)} seeds)"
     goal = "LeNet >= SVC on the mean"
     if quick:
@@ -73,7 +69,7 @@ def row(quick: bool) -> Row:
     per_seed = "; ".join(f"seed {s}: {a:.4f} vs {b:.4f}" for s, a, b in zip(SEEDS, lenet, svc))
     return Row(
         name=name,
-        measured=f"LeNet {spread(lenet)} vs SVC {spread(svc)}",
+        measured=f"LeNet {mean_std(lenet, 4)} vs SVC {mean_std(svc, 4)}",
         goal=goal,
         met=statistics.mean(lenet) >= statistics.mean(svc),
         data=(
@@ -88,9 +84,9 @@ def main() -> None:
     print(f"\nscikit-learn digits, seeded splits {list(SEEDS)}, {n_test} test images each, {os.cpu_count()} CPU cores")
     print("| model | test accuracy, mean ± std | per seed |")
     print("|---|---|---|")
-    print(f"| SVC (RBF, gamma=scale) on the 8x8 scans | {spread(svc)} | {', '.join(f'{a:.4f}' for a in svc)} |")
+    print(f"| SVC (RBF, gamma=scale) on the 8x8 scans | {mean_std(svc, 4)} | {', '.join(f'{a:.4f}' for a in svc)} |")
     print(
-        f"| LeNet-5, `python -m apps.mnist fit` defaults ({statistics.mean(seconds):.0f} s a fit) | {spread(lenet)} "
+        f"| LeNet-5, `python -m apps.mnist fit` defaults ({statistics.mean(seconds):.0f} s a fit) | {mean_std(lenet, 4)} "
         f"| {', '.join(f'{a:.4f}' for a in lenet)} |"
     )
 

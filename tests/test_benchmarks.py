@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import benchmarks.__main__ as benchmarks_main
-from benchmarks.harness import Row, cpu_model, difference, fmt_ratio, interleaved, machine, not_measured, ratio
+from benchmarks.harness import Row, cpu_model, difference, fmt_ratio, interleaved, machine, mean_std, not_measured, ratio
 
 
 def test_interleaved_warms_up_then_alternates_the_order() -> None:
@@ -59,6 +59,11 @@ def test_machine_names_the_vector_instructions_of_torchs_kernels(monkeypatch) ->
     assert "torch kernels AVX2" in machine()
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert "torch kernels AVX512" in machine()
+
+
+def test_mean_std_is_the_mean_and_sample_standard_deviation() -> None:
+    assert mean_std([0.9, 1.0, 0.95]) == "0.950 ± 0.050"
+    assert mean_std([0.9, 1.0, 0.95], 4) == "0.9500 ± 0.0500"
 
 
 def test_not_measured_says_why() -> None:
