@@ -9,6 +9,8 @@ import torch
 
 import benchmarks.__main__ as benchmarks_main
 from benchmarks.harness import Row, cpu_model, difference, fmt_ratio, interleaved, machine, mean_std, not_measured, ratio
+from benchmarks.tokenization import python_tokenize
+from datamodules.text import new_tokenizer
 
 
 def test_interleaved_warms_up_then_alternates_the_order() -> None:
@@ -64,6 +66,24 @@ def test_machine_names_the_vector_instructions_of_torchs_kernels(monkeypatch) ->
 def test_mean_std_is_the_mean_and_sample_standard_deviation() -> None:
     assert mean_std([0.9, 1.0, 0.95]) == "0.950 ± 0.050"
     assert mean_std([0.9, 1.0, 0.95], 4) == "0.9500 ± 0.0500"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Café déjà vu, naïve RÉSUMÉ!",
+        "Great<br />film<br/>really<br>good",
+        "don't!!! stop... @user #tag :-) 42x",
+        "Ｆｕｌｌｗｉｄｔｈ ﬁne ½ ß",  # compatibility forms: NFKD, not NFD
+        "   ",
+        "",
+    ],
+)
+def test_python_tokenizer_splits_as_the_apps_tokenizer(text: str) -> None:
+    # The tokenization row's baseline must do the app tokenizer's work, or the ratio compares less work.
+    tokenizer = new_tokenizer("word")
+    words = [word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))]
+    assert python_tokenize(text) == words
 
 
 def test_not_measured_says_why() -> None:
