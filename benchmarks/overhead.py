@@ -114,7 +114,7 @@ def overhead_row(net: str, seconds: dict[str, list[float]], epochs: int, steps: 
         measured=(
             f"{fmt_ratio(median, low, high, digits=3)}; {extra / epochs:+.2f} s/epoch on {plain_epoch:.1f} s "
             f"(Lightning's parity test allows {allowance} s); a minimal LightningModule with the plain loop's "
-            f"step: {minimal:.2f}x, so Lightning's loop itself costs {(minimal - 1) * step_ms:.1f} ms "
+            f"step: {minimal:.2f}x, so Lightning's loop and its set-up cost {(minimal - 1) * step_ms:.1f} ms "
             f"of a {step_ms:.1f} ms step"
         ),
         goal=f"<= {GOAL}x",
