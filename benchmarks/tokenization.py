@@ -23,10 +23,10 @@ import unicodedata
 from importlib.metadata import distribution
 
 from benchmarks.harness import Row, fmt_ratio, interleaved, ratio
-from datamodules.text import UNK_ID, encode, train_tokenizer
+from datamodules.text import LINE_BREAK, UNK_ID, encode, train_tokenizer
 
 WORDS = re.compile(r"\w+|[^\w\s]+")  # the app's pre-tokeniser, pre_tokenizers.Whitespace
-LINE_BREAK = re.compile(r"<br\s*/?>")
+LINE_BREAKS = re.compile(LINE_BREAK)
 MAX_LENGTH = 256
 GOAL = 5.0
 
@@ -35,7 +35,7 @@ def python_tokenize(text: str) -> list[str]:
     """The words of ``text`` as ``datamodules.text.new_tokenizer``'s normaliser and pre-tokeniser
     make them, in plain Python."""
     if "<br" in text:
-        text = LINE_BREAK.sub(" ", text)
+        text = LINE_BREAKS.sub(" ", text)
     if not text.isascii():  # NFKD, then drop the combining marks it split off (accents)
         text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     return WORDS.findall(text.lower())

@@ -27,6 +27,7 @@ TokenizerKind = Literal["word", "wordpiece", "bpe"]
 # Stand-ins for what carries no sentiment yet would take one vocabulary row per instance: one \w+
 # word each, so the pre-tokeniser keeps them whole.
 URL_TOKEN, USER_TOKEN = "xxurl", "xxuser"
+LINE_BREAK = r"<br\s*/?>"  # IMDB's HTML line breaks, which the normaliser turns into spaces
 
 
 def tweet_normalizers() -> list[normalizers.Normalizer]:
@@ -68,7 +69,7 @@ def new_tokenizer(kind: TokenizerKind = "word", tweets: bool = False) -> Tokeniz
         raise ValueError(f"unknown tokenizer {kind!r}: expected word, wordpiece or bpe")
     tokenizer.normalizer = normalizers.Sequence(
         [
-            normalizers.Replace(Regex(r"<br\s*/?>"), " "),
+            normalizers.Replace(Regex(LINE_BREAK), " "),
             normalizers.NFKD(),
             normalizers.StripAccents(),
             normalizers.Lowercase(),
