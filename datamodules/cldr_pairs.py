@@ -32,7 +32,7 @@ from babel.lists import format_list
 from babel.units import format_unit
 from num2words import num2words
 
-from datamodules.sources import DataError
+from datamodules.base import DataError
 
 # Share of each phrase family in the corpus; families too small to fill theirs leave it to the others.
 FAMILIES = {

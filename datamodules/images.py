@@ -3,9 +3,11 @@
     python -m apps.finetune fit --data.dataset=digits --data.classes=[5,6,7,8,9] --data.labels_per_class=10
     python -m apps.finetune fit --model.backbone=resnet18 --data.dataset=folder --data.path=my_images/
 
-Inputs follow the backbone (``--model.backbone``, linked to ``backbone`` here): a torchvision
-backbone gets its weight enum's own transforms (``weights.transforms()``: resize, crop, ImageNet
-normalisation), this project's 28x28 backbones get grey 28x28 digits normalised like MNIST.
+Inputs follow the backbone (``--model.backbone``, linked to ``backbone`` here): images become [0, 1]
+pixels first, then a torchvision backbone gets its weight enum's own transforms
+(``weights.transforms()``: resize, crop, ImageNet normalisation) and this project's 28x28 backbones
+get grey 28x28 digits normalised like MNIST. ``input_stats`` is the (mean, std) the
+model's inputs are normalised with.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Literal
 
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from datamodules.mnist import IMAGE_SUFFIXES, MEAN, STD, MNISTDataModule, read_image
-from datamodules.sources import DataError, announce, record_source, seeded_split
+from datamodules.base import DataError, check_positive, seeded_split
+from datamodules.mnist import IMAGE_SUFFIXES, MEAN, STD, DigitsDataModule, read_image
 
 
 def torchvision_backbones() -> list[str]:
@@ -42,7 +44,7 @@ def backbone_transform(backbone: str) -> Callable[[Path], torch.Tensor]:
         return load
 
     def load_digit(path: Path) -> torch.Tensor:
-        digit = torch.from_numpy(read_image(path)).float().div(255)  # (28, 28), white on black like MNIST
+        digit = torch.from_numpy(read_image(path)).float().div(255)  # (28, 28) in [0, 1], white on black like MNIST
         return ((digit - MEAN) / STD).unsqueeze(0)
 
     return load_digit
@@ -78,7 +80,8 @@ def check_readable(files: list[Path]) -> None:
 
 
 class ImageFiles(Dataset):
-    """Image files read and transformed one at a time (they may differ in size), with their labels."""
+    """Image files, each read and transformed on its own (they may differ in size), with their labels.
+    ``__getitems__`` stacks a batch, so it takes the same collate as the digits' ``TensorBatches``."""
 
     def __init__(self, files: list[Path], labels: list[int] | None, load: Callable[[Path], torch.Tensor]) -> None:
         self.files, self.labels, self.load = files, labels, load
@@ -87,12 +90,15 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        image = self.load(self.files[index])
-        return (image,) if self.labels is None else (image, self.labels[index])
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        images = torch.stack([self.load(self.files[i]) for i in indices])  # (B, C, H, W)
+        return (images,) if self.labels is None else (images, torch.tensor([self.labels[i] for i in indices]))
 
 
-class ImageDataModule(MNISTDataModule):
-    """The MNIST DataModule's digits (class subset, label budget) or an image folder, shaped for the backbone.
+class ImageDataModule(DigitsDataModule):
+    """The digits of ``MNISTDataModule`` (class subset, label budget) or an image folder, shaped for the backbone.
 
     Args:
         dataset: ``folder`` (the images under ``path``), or the digits: ``mnist``, ``digits`` or ``auto``
@@ -103,7 +109,7 @@ class ImageDataModule(MNISTDataModule):
         val_fraction: Share of the training images (all images for a folder) held out for validation.
         test_fraction: Share of the digits (all images for a folder) held out for testing.
         batch_size: Images per batch.
-        augment: Random rotation, shift and zoom of training digits (not for torchvision backbones).
+        augment: Random rotation, shift and zoom of training digits (folder images are not augmented).
         num_workers: DataLoader worker processes (0 loads in the main process).
         seed: Seed of the train/val/test split and of the labelled subset.
         classes: Digits only (a folder's classes are its sub-folders): keep these digits, relabelled 0..k-1.
@@ -119,27 +125,17 @@ class ImageDataModule(MNISTDataModule):
         data_dir: str = "data",
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
-        batch_size: int = 128,
+        batch_size: int = 10,
         augment: bool = True,
         num_workers: int = 0,
         seed: int = 0,
-        classes: list[int] | None = None,
-        labels_per_class: int | None = None,
+        classes: list[int] | None = [5, 6, 7, 8, 9],  # noqa: B006 - read, never mutated
+        labels_per_class: int | None = 10,
         predict_path: str | None = None,
     ) -> None:
-        super().__init__(
-            dataset=dataset,  # type: ignore[arg-type] - "folder" is handled here, never by the parent
-            data_dir=data_dir,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            batch_size=batch_size,
-            augment=augment,
-            num_workers=num_workers,
-            seed=seed,
-            classes=classes,
-            labels_per_class=labels_per_class,
-            predict_path=predict_path,
-        )
+        super().__init__()
+        self.save_hyperparameters()
+        check_positive(self, "batch_size")
 
     @property
     def folder(self) -> bool:
@@ -148,6 +144,10 @@ class ImageDataModule(MNISTDataModule):
     @property
     def torchvision(self) -> bool:
         return self.hparams.backbone in torchvision_backbones()
+
+    def transforms(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The torchvision backbone's weights' own transforms: resize, crop, ImageNet normalisation."""
+        return torchvision.models.get_model_weights(self.hparams.backbone).DEFAULT.transforms()
 
     @cached_property
     def scanned(self) -> tuple[list[Path], list[int], list[str]]:
@@ -162,37 +162,29 @@ class ImageDataModule(MNISTDataModule):
     @property
     def image_shape(self) -> tuple[int, int, int]:  # type: ignore[override] - the parent's is a constant
         if self.torchvision:
-            crop = torchvision.models.get_model_weights(self.hparams.backbone).DEFAULT.transforms().crop_size
+            crop = self.transforms().crop_size
             return (3, crop[0], crop[0])
-        return MNISTDataModule.image_shape
+        return DigitsDataModule.image_shape
 
-    def prepare_data(self) -> None:
-        if not self.folder:
-            super().prepare_data()
+    @property
+    def input_stats(self) -> tuple[float, float]:
+        """``(mean, std)`` the model's inputs are normalised with: MNIST's for this project's 28x28
+        backbones; ``(0, 1)`` for a torchvision backbone, whose weights' transforms normalise."""
+        return (0.0, 1.0) if self.torchvision else (MEAN, STD)
 
-    def setup(self, stage: str) -> None:
-        load = backbone_transform(self.hparams.backbone)
-        if stage == "predict" and (self.folder or self.torchvision):
-            path = Path(self.hparams.predict_path or "")
-            if self.hparams.predict_path is None or not path.is_dir():
-                raise DataError(f"--data.predict_path {self.hparams.predict_path}: for this backbone, name a folder of images")
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise DataError(f"--data.predict_path {path}: no .png, .jpg or .jpeg images in the folder")
-            check_readable(files)
-            self.splits["predict"], self.predict_inputs = ImageFiles(files, None, load), [f.name for f in files]
-            return
+    def choose_source(self) -> tuple[str, str]:
         if not self.folder:
-            super().setup(stage)
-            return
-        if "train" in self.splits:
-            return
-        files, labels, names = self.scanned
+            return super().choose_source()
+        files, _, names = self.scanned
         check_readable(files)
-        reason = f"{len(files)} images of {len(names)} classes in {self.hparams.path}"
-        announce("folder", reason)
-        record_source(self, "folder", reason)
-        h = self.hparams
+        return "folder", f"{len(files)} images of {len(names)} classes in {self.hparams.path}"
+
+    def load(self, name: str) -> None:
+        if name != "folder":
+            super().load(name)
+            return
+        files, labels, _ = self.scanned
+        h, load = self.hparams, backbone_transform(self.hparams.backbone)
         splits = dict(zip(("test", "val", "train"), seeded_split(len(files), [h.test_fraction, h.val_fraction], h.seed)))
         for split, rows in splits.items():
             if len(rows) == 0:
@@ -202,25 +194,25 @@ class ImageDataModule(MNISTDataModule):
             for split, rows in splits.items()
         }
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        if isinstance(self.splits[split], ImageFiles):  # per-image files: default collate stacks them
-            workers = self.hparams.num_workers
-            return DataLoader(
-                self.splits[split],
-                batch_size=self.hparams.batch_size,
-                shuffle=shuffle,
-                num_workers=workers,
-                persistent_workers=workers > 0,
-            )
-        return super()._loader(split, shuffle)
+    def load_predict(self) -> list[str]:
+        if not (self.folder or self.torchvision):
+            return super().load_predict()
+        path = Path(self.hparams.predict_path or "")
+        if self.hparams.predict_path is None or not path.is_dir():
+            raise DataError(f"--data.predict_path {self.hparams.predict_path}: for this backbone, name a folder of images")
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"--data.predict_path {path}: no .png, .jpg or .jpeg images in the folder")
+        check_readable(files)
+        self.splits["predict"] = ImageFiles(files, None, backbone_transform(self.hparams.backbone))
+        return [f.name for f in files]
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> tuple[torch.Tensor, ...]:
-        """Folder batches are ready; digit batches are MNIST-normalised ``(B, 1, 28, 28)``, and for a
-        torchvision backbone become RGB pixels put through the weights' transforms."""
-        if self.folder or (self.trainer is not None and self.trainer.predicting and self.torchvision):
+        """Image files arrive transformed for the backbone; uint8 digits become [0, 1] pixels and then
+        take MNIST's normalisation, or for a torchvision backbone its weights' transforms."""
+        images, *rest = batch
+        if images.dtype != torch.uint8:  # from ImageFiles
             return batch
-        images, *rest = super().on_after_batch_transfer(batch, dataloader_idx)
         if self.torchvision:
-            transform = torchvision.models.get_model_weights(self.hparams.backbone).DEFAULT.transforms()
-            images = transform((images * STD + MEAN).expand(-1, 3, -1, -1))  # (B, 3, 224, 224) for resnet18
-        return (images, *rest)
+            return (self.transforms()(self.pixels(images).expand(-1, 3, -1, -1)), *rest)  # (B, 3, 224, 224) for resnet18
+        return super().on_after_batch_transfer(batch, dataloader_idx)

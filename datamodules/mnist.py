@@ -4,7 +4,8 @@
 
 Images stay uint8 ``(N, 28, 28)`` tensors in memory; a batch is sliced out with one indexing
 operation, and normalisation and augmentation run batched, on the batch's device, in
-``on_after_batch_transfer``. Nothing on the training path goes through PIL.
+``on_after_batch_transfer``. Nothing on the training path goes through PIL (BENCHMARKS.md, row
+"Data path").
 """
 
 from __future__ import annotations
@@ -17,26 +18,18 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from datamodules.sources import (
-    DataError,
-    announce,
-    check_positive,
-    network_timeout,
-    reachable,
-    record_source,
-    seeded_split,
-)
+from datamodules.base import DataError, OfflineDataModule, check_positive, seeded_split
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-# Statistics of the MNIST training images, used for both sources so a checkpoint sees one scale.
+# Statistics of the MNIST training images, used for both sources so a checkpoint sees one scale. The
+# models get them as the DataModule's ``input_stats``, linked by the CLI.
 MEAN, STD = 0.1307, 0.3081
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -87,9 +80,8 @@ def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
     ``F.affine_grid`` multiplies image by image (a batched product of inner size 3); here one matrix
     product takes all 2B rows of ``theta`` at once, and the grid keeps its x and y as two planes, a
-    layout ``grid_sample`` reads faster than interleaved pairs. On a CPU, ``random_affine`` of a
-    batch of 64 digits takes half the time it does with ``F.affine_grid``; the grid is the same up to
-    rounding.
+    layout ``grid_sample`` reads without gathering interleaved pairs, so augmenting a batch stays cheap
+    beside the training step. The grid is the same up to rounding.
     """
 
     def centres(n: int) -> torch.Tensor:  # pixel centres in [-1, 1] coordinates (align_corners=False)
@@ -118,7 +110,7 @@ def read_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            gray = np.asarray(image.convert("L").resize((28, 28), Image.Resampling.BILINEAR))
+            gray = np.array(image.convert("L").resize((28, 28), Image.Resampling.BILINEAR))
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise DataError(f"{path}: unreadable image ({err})") from None
     # A light border means a dark digit on a light page: invert it to MNIST's polarity.
@@ -149,7 +141,131 @@ def read_predict_inputs(path: Path) -> tuple[torch.Tensor, list[str]]:
     return torch.from_numpy(array), [f"{path.name}[{i}]" for i in range(len(array))]
 
 
-class MNISTDataModule(LightningDataModule):
+def read_mnist(raw_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One MNIST split through torchvision's IDX readers; a corrupt file is an error, never a fallback."""
+    tensors = []
+    for name, read in zip(MNIST_FILES[split], (read_image_file, read_label_file)):
+        path = raw_dir / name
+        source = path if path.exists() else path.with_name(f"{name}.gz")  # only the .gz is here
+        try:
+            if source != path:
+                path.write_bytes(gzip.decompress(source.read_bytes()))
+            tensors.append(read(str(path)))
+        except Exception as err:  # noqa: BLE001 - torchvision raises asserts and numpy errors
+            raise DataError(f"{source}: corrupt MNIST IDX file ({err or type(err).__name__})") from None
+    images, labels = tensors
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+        raise DataError(f"{raw_dir}: {split} images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
+    return images, labels.long()
+
+
+def keep_classes(images: torch.Tensor, labels: torch.Tensor, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images of ``classes``, labelled by their position in ``classes``."""
+    if not set(classes) <= set(range(10)) or len(set(classes)) < 2:
+        raise DataError(f"--data.classes {classes}: name at least two different digits 0-9")
+    match = labels.unsqueeze(1) == torch.tensor(classes)  # (N, k)
+    keep = match.any(1)
+    return images[keep], match[keep].long().argmax(1)
+
+
+def label_budget(images: torch.Tensor, labels: torch.Tensor, n: int, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images of each class (``names`` in label order); the split is already shuffled by the seed."""
+    picked = []
+    for label, name in enumerate(names):
+        rows = (labels == label).nonzero().squeeze(1)
+        if len(rows) < n:
+            raise DataError(f"--data.labels_per_class {n}: the training split has only {len(rows)} images of class {name}")
+        picked.append(rows[:n])
+    keep = torch.cat(picked).sort().values
+    return images[keep], labels[keep]
+
+
+class DigitsDataModule(OfflineDataModule):
+    """The digits that ``MNISTDataModule`` and ``ImageDataModule`` share: MNIST when it can be had, else
+    scikit-learn's digits; a class subset and a label budget; uint8 batches made into normalised
+    ``(B, 1, 28, 28)`` floats on the batch's device. A subclass's ``__init__`` takes ``dataset``,
+    ``data_dir``, ``val_fraction``, ``test_fraction``, ``batch_size``, ``augment``, ``num_workers``,
+    ``seed``, ``classes``, ``labels_per_class`` and ``predict_path`` (see ``MNISTDataModule``).
+    """
+
+    download_name, download_url, fallback_name = "mnist", MNIST.mirrors[0], "digits"
+    collate_fn = staticmethod(keep_batch)
+    image_shape = (1, 28, 28)
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def label_names(self) -> list[str]:
+        return [str(digit) for digit in self.hparams.classes or range(10)]
+
+    @property
+    def input_stats(self) -> tuple[float, float]:
+        """``(mean, std)`` of the normalisation: the model sees ``(pixel / 255 - mean) / std``."""
+        return MEAN, STD
+
+    @property
+    def raw_dir(self) -> Path:
+        return Path(self.hparams.data_dir) / "MNIST" / "raw"
+
+    def present(self) -> bool:
+        """Every MNIST file is in ``raw_dir``, extracted or still gzipped."""
+        names = [name for pair in MNIST_FILES.values() for name in pair]
+        return all((self.raw_dir / n).exists() or (self.raw_dir / f"{n}.gz").exists() for n in names)
+
+    def download(self) -> None:
+        for train in (True, False):
+            MNIST(self.hparams.data_dir, train=train, download=True)
+
+    def missing(self) -> str:
+        return f"MNIST is not in {self.raw_dir}"
+
+    def describe(self, name: str) -> str:
+        if name == "mnist":
+            return f"MNIST files found in {self.raw_dir}"
+        return "scikit-learn's 8x8 digits scaled into a 28x28 frame like MNIST's"
+
+    def load(self, name: str) -> None:
+        h = self.hparams
+        if name == "mnist":
+            (train_x, train_y), test = read_mnist(self.raw_dir, "train"), read_mnist(self.raw_dir, "test")
+            val_idx, train_idx = seeded_split(len(train_x), [h.val_fraction], h.seed)
+        else:
+            train_x, train_y = load_digits_28()
+            test_idx, val_idx, train_idx = seeded_split(len(train_x), [h.test_fraction, h.val_fraction], h.seed)
+            test = (train_x[test_idx], train_y[test_idx])
+        splits = {
+            "train": (train_x[train_idx], train_y[train_idx]),
+            "val": (train_x[val_idx], train_y[val_idx]),
+            "test": test,
+        }
+        if h.classes is not None:
+            splits = {split: keep_classes(*pair, h.classes) for split, pair in splits.items()}
+        if h.labels_per_class is not None:
+            splits["train"] = label_budget(*splits["train"], h.labels_per_class, self.label_names)
+        self.splits = {split: TensorBatches(*pair) for split, pair in splits.items()}
+
+    def load_predict(self) -> list[str]:
+        if self.hparams.predict_path is None:
+            raise DataError("predict needs --data.predict_path: a folder of PNG/JPEG images or a .npy array")
+        images, names = read_predict_inputs(Path(self.hparams.predict_path))
+        self.splits["predict"] = TensorBatches(images)
+        return names
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 28, 28)`` -> float ``(B, 1, 28, 28)`` in [0, 1], randomly moved when training with ``augment``."""
+        images = images.unsqueeze(1).float().div_(255)
+        if self.hparams.augment and self.trainer is not None and self.trainer.training:
+            images = random_affine(images, degrees=10, shift=0.08, scale=0.1)
+        return images
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> tuple[torch.Tensor, ...]:
+        images, *rest = batch
+        mean, std = self.input_stats
+        return ((self.pixels(images) - mean) / std, *rest)
+
+
+class MNISTDataModule(DigitsDataModule):
     """Handwritten digits for classification, real MNIST when it can be had.
 
     Args:
@@ -169,15 +285,13 @@ class MNISTDataModule(LightningDataModule):
         predict_path: Folder of PNG/JPEG images or a ``.npy`` array of 28x28 images, for ``predict``.
     """
 
-    image_shape = (1, 28, 28)
-
     def __init__(
         self,
         dataset: Literal["auto", "mnist", "digits"] = "auto",
         data_dir: str = "data",
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
-        batch_size: int = 128,
+        batch_size: int = 64,
         augment: bool = True,
         num_workers: int = 0,
         seed: int = 0,
@@ -188,151 +302,3 @@ class MNISTDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         check_positive(self, "batch_size")
-        self.splits: dict[str, TensorBatches] = {}
-        self.predict_inputs: list[str] = []
-        self.download_error = ""
-
-    @property
-    def label_names(self) -> list[str]:
-        return [str(digit) for digit in self.hparams.classes or range(10)]
-
-    @property
-    def raw_dir(self) -> Path:
-        return Path(self.hparams.data_dir) / "MNIST" / "raw"
-
-    def mnist_present(self) -> bool:
-        """Every MNIST file is in ``raw_dir``, extracted or still gzipped."""
-        names = [name for pair in MNIST_FILES.values() for name in pair]
-        return all((self.raw_dir / n).exists() or (self.raw_dir / f"{n}.gz").exists() for n in names)
-
-    def prepare_data(self) -> None:
-        """Download MNIST once, on rank zero, unless digits were asked for or the files are here."""
-        if self.hparams.dataset == "digits" or self.mnist_present():
-            return
-        ok, self.download_error = reachable(MNIST.mirrors[0])
-        if ok:
-            try:
-                with network_timeout():
-                    for train in (True, False):
-                        MNIST(self.hparams.data_dir, train=train, download=True)
-            except Exception as err:  # noqa: BLE001 - any failure means "not downloadable"
-                self.download_error = f"download failed ({err})"
-        if self.hparams.dataset == "mnist" and not self.mnist_present():
-            raise DataError(f"MNIST is not in {self.raw_dir} and could not be downloaded: {self.download_error}")
-
-    def setup(self, stage: str) -> None:
-        if stage == "predict":
-            if self.hparams.predict_path is None:
-                raise DataError("predict needs --data.predict_path: a folder of PNG/JPEG images or a .npy array")
-            images, self.predict_inputs = read_predict_inputs(Path(self.hparams.predict_path))
-            self.splits["predict"] = TensorBatches(images)
-            return
-        if "train" in self.splits:  # fit, then test the best checkpoint: load once
-            return
-        name, reason = self.choose_source()
-        announce(name, reason)
-        record_source(self, name, reason)
-        # The checkpoint records the dataset actually used, so `test --ckpt_path` reuses it.
-        self.hparams.dataset = name
-        if name == "mnist":
-            (train_x, train_y), test = self.read_mnist("train"), self.read_mnist("test")
-            val_idx, train_idx = seeded_split(len(train_x), [self.hparams.val_fraction], self.hparams.seed)
-        else:
-            images, labels = load_digits_28()
-            f = self.hparams
-            test_idx, val_idx, train_idx = seeded_split(len(images), [f.test_fraction, f.val_fraction], f.seed)
-            train_x, train_y = images, labels
-            test = (images[test_idx], labels[test_idx])
-        splits = {
-            "train": (train_x[train_idx], train_y[train_idx]),
-            "val": (train_x[val_idx], train_y[val_idx]),
-            "test": test,
-        }
-        if self.hparams.classes is not None:
-            splits = {split: self.keep_classes(*pair) for split, pair in splits.items()}
-        if self.hparams.labels_per_class is not None:
-            splits["train"] = self.label_budget(*splits["train"])
-        self.splits = {split: TensorBatches(*pair) for split, pair in splits.items()}
-
-    def keep_classes(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images of ``classes``, labelled by their position in ``classes``."""
-        classes = torch.tensor(self.hparams.classes)
-        if not set(self.hparams.classes) <= set(range(10)) or len(set(self.hparams.classes)) < 2:
-            raise DataError(f"--data.classes {self.hparams.classes}: name at least two different digits 0-9")
-        match = labels.unsqueeze(1) == classes  # (N, k)
-        keep = match.any(1)
-        return images[keep], match[keep].long().argmax(1)
-
-    def label_budget(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``labels_per_class`` images of each class; the split is already shuffled by the seed."""
-        n = self.hparams.labels_per_class
-        picked = []
-        for label, name in enumerate(self.label_names):
-            rows = (labels == label).nonzero().squeeze(1)
-            if len(rows) < n:
-                raise DataError(
-                    f"--data.labels_per_class {n}: the training split has only {len(rows)} images of class {name}"
-                )
-            picked.append(rows[:n])
-        keep = torch.cat(picked).sort().values
-        return images[keep], labels[keep]
-
-    def choose_source(self) -> tuple[str, str]:
-        """The dataset to use and the reason, for ``announce``."""
-        requested = self.hparams.dataset
-        if requested == "digits":
-            return "digits", "asked for with --data.dataset=digits"
-        if self.mnist_present():
-            return "mnist", f"MNIST files found in {self.raw_dir}"
-        if requested == "mnist":
-            raise DataError(f"MNIST is not in {self.raw_dir}: {self.download_error or 'download failed'}")
-        why = self.download_error or "could not be downloaded"
-        return "digits", f"scikit-learn's 8x8 digits scaled into a 28x28 frame like MNIST's, because MNIST is not in {self.raw_dir} and {why}"
-
-    def read_mnist(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """One MNIST split through torchvision's IDX readers; a corrupt file is an error, never a fallback."""
-        tensors = []
-        for name, read in zip(MNIST_FILES[split], (read_image_file, read_label_file)):
-            path = self.raw_dir / name
-            source = path if path.exists() else path.with_name(f"{name}.gz")  # only the .gz is here
-            try:
-                if source != path:
-                    path.write_bytes(gzip.decompress(source.read_bytes()))
-                tensors.append(read(str(path)))
-            except Exception as err:  # noqa: BLE001 - torchvision raises asserts and numpy errors
-                raise DataError(f"{source}: corrupt MNIST IDX file ({err or type(err).__name__})") from None
-        images, labels = tensors
-        if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
-            raise DataError(f"{self.raw_dir}: {split} images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
-        return images, labels.long()
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            collate_fn=keep_batch,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
-
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> tuple[torch.Tensor, ...]:
-        """uint8 ``(B, 28, 28)`` -> normalised float ``(B, 1, 28, 28)``, augmented when training."""
-        images, *rest = batch
-        images = images.unsqueeze(1).float().div_(255)
-        if self.hparams.augment and self.trainer is not None and self.trainer.training:
-            images = random_affine(images, degrees=10, shift=0.08, scale=0.1)
-        return ((images - MEAN) / STD, *rest)

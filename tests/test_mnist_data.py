@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from PIL import Image
 
 from conftest import write_mnist
-from datamodules.mnist import MNISTDataModule, affine_grid, random_affine, read_predict_inputs
-from datamodules.sources import DataError, network_timeout, reachable
+from datamodules.images import ImageDataModule
+from datamodules.mnist import MEAN, STD, MNISTDataModule, affine_grid, random_affine, read_predict_inputs
+from datamodules.base import DataError, network_timeout, reachable
 
 
 def prepared(**kwargs) -> MNISTDataModule:
@@ -187,3 +189,78 @@ def test_label_budget_keeps_n_per_class_in_train_only() -> None:
 def test_impossible_subsets_are_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(DataError, match=message):
         prepared(dataset="digits", **kwargs)
+
+
+class Logger:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def log_hyperparams(self, params: dict) -> None:
+        self.records.append(params)
+
+
+def test_the_dataset_used_is_announced_and_logged_once_across_fit_then_test(capsys) -> None:
+    dm = MNISTDataModule(dataset="auto", data_dir="no-such-dir")
+    logger = Logger()
+    dm.trainer = SimpleNamespace(loggers=[logger], training=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.splits["train"]
+    dm.setup("test")  # after fit: nothing is read again
+    assert dm.splits["train"] is train
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[data]")]
+    assert len(lines) == 1 and lines[0].startswith("[data] using digits: ")
+    assert logger.records == [{"data/dataset_used": "digits", "data/dataset_reason": lines[0].split(": ", 1)[1]}]
+    assert dm.hparams.dataset == "digits"
+
+
+def test_mnist_batches_are_normalised_with_the_input_stats_the_model_gets() -> None:
+    dm = prepared(dataset="digits", augment=False)
+    mean, std = dm.input_stats
+    assert (mean, std) == (MEAN, STD)
+    images, labels = next(iter(dm.val_dataloader()))
+    normalised, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert torch.allclose(normalised * std + mean, images.unsqueeze(1).float() / 255, atol=1e-6)
+
+
+def test_image_input_stats_follow_the_backbone() -> None:
+    assert ImageDataModule(dataset="digits").input_stats == (MEAN, STD)
+    assert ImageDataModule(dataset="digits", backbone="runs/lenet.ckpt").input_stats == (MEAN, STD)
+    assert ImageDataModule(dataset="digits", backbone="resnet18").input_stats == (0.0, 1.0)
+
+
+def test_image_defaults_are_the_finetune_apps() -> None:
+    dm = prepared_images(dataset="digits")
+    assert dm.label_names == ["5", "6", "7", "8", "9"] and dm.hparams.batch_size == 10
+    assert torch.bincount(dm.splits["train"].tensors[1]).tolist() == [10] * 5
+
+
+def prepared_images(**kwargs) -> ImageDataModule:
+    dm = ImageDataModule(**kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(training=False, predicting=False)
+    return dm
+
+
+def test_digits_for_a_torchvision_backbone_are_pixels_through_its_transforms_alone() -> None:
+    dm = prepared_images(dataset="digits", backbone="resnet18", augment=False)
+    images, labels = next(iter(dm.val_dataloader()))
+    batch, _ = dm.on_after_batch_transfer((images, labels), 0)
+    transforms = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    expected = transforms(images.unsqueeze(1).float().div(255).expand(-1, 3, -1, -1))
+    assert batch.shape == (len(images), 3, 224, 224) and torch.allclose(batch, expected)
+
+
+def test_folder_images_for_a_project_backbone_are_normalised_like_mnist(tmp_path: Path) -> None:
+    for name in ("cats", "dogs"):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((40, 40), 60 * i, np.uint8)).save(tmp_path / name / f"{i}.png")
+    dm = prepared_images(dataset="folder", path=str(tmp_path), val_fraction=0.2, test_fraction=0.2)
+    assert dm.label_names == ["cats", "dogs"] and dm.input_stats == (MEAN, STD)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (6, 1, 28, 28) and labels.dtype == torch.long
+    assert dm.on_after_batch_transfer((images, labels), 0)[0] is images  # ready as read
+    pixels = images * STD + MEAN
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6

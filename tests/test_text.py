@@ -1,4 +1,4 @@
-"""Tokenizer, bucketing sampler and collate of datamodules/text.py."""
+"""Tokenizers, bucketing sampler and collate of datamodules/text.py, and the token ids the text DataModules expose."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from collections import Counter
 import pytest
 import torch
 
+from datamodules.sentiment import SentimentDataModule
 from datamodules.text import (
+    BOS_ID,
+    EOS_ID,
     PAD_ID,
     UNK_ID,
     BucketBatchSampler,
@@ -17,6 +20,7 @@ from datamodules.text import (
     pad_collate,
     train_tokenizer,
 )
+from datamodules.translation import TranslationDataModule
 from tokenizers import Tokenizer
 
 TRAIN = ["A great film!<br />Great acting.", "A dull film, dull plot.", "Café scenes: great", "dull dull dull"]
@@ -72,7 +76,7 @@ def test_subword_tokenizers_spell_unseen_words_in_pieces_and_round_trip(kind: st
 @pytest.mark.parametrize("kind", ["word", "wordpiece"])
 def test_tweet_normalization_merges_links_mentions_and_elongations(kind: str) -> None:
     texts = ["@ann soooo good!!! http://t.co/x", "@bob so bad www.ugh.com/y", "soo good"] * 2
-    tokenizer = train_tokenizer(texts, vocab_size=100, min_frequency=1, max_length=50, kind=kind, tweets=True)
+    tokenizer = train_tokenizer(texts, vocab_size=100, min_frequency=1, max_length=50, kind=kind, normalizer="tweets")
     tokens = tokenizer.encode("@Carl SOOOOOOO good!!!!! https://t.co/new?a=1").tokens
     assert tokens == ["xxuser", "soo", "good", "!!", "xxurl"]
     assert not {"ann", "bob", "http", "sooo"} & set(tokenizer.get_vocab())
@@ -141,3 +145,33 @@ def test_ranks_get_disjoint_shards_with_equal_batch_counts(n: int, shuffle: bool
 def test_sampler_rejects_a_rank_outside_the_world() -> None:
     with pytest.raises(ValueError, match="rank 2"):
         BucketBatchSampler([1, 2], batch_size=1, num_replicas=2, rank=2)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "word"])
+def test_exact_tokenizer_keeps_the_text_and_frames_it_with_the_template(kind: str) -> None:
+    texts = ["Le 5 mars 2024", "Été à Paris", "le 12 mai"] * 3
+    tokenizer = train_tokenizer(texts, vocab_size=60, min_frequency=0, max_length=8, kind=kind, normalizer="none",
+                                special_tokens=4, template="[BOS] $A [EOS]")
+    assert [tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[BOS]", "[EOS]")] == [PAD_ID, UNK_ID, BOS_ID, EOS_ID]
+    ids = tokenizer.encode("Été à Paris").ids
+    assert ids[0] == BOS_ID and ids[-1] == EOS_ID
+    assert tokenizer.decode(ids) == "Été à Paris"  # case and accents kept
+    if kind == "bpe":
+        assert tokenizer.encode("2024").tokens[1:-1] == ["▁", "2", "0", "2", "4"]  # digits one by one
+    assert len(tokenizer.encode("le " * 20).ids) == 8  # truncated, [EOS] included
+
+
+def test_datamodules_token_ids_are_their_tokenizers(tmp_path) -> None:
+    rows = ["text,label"] + [f"{'great' if i % 2 else 'dull'} film {i},{i % 2}" for i in range(40)]
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    sentiment = SentimentDataModule(dataset="csv", path=str(tmp_path / "r.csv"), min_frequency=1)
+    sentiment.setup("fit")
+    assert (sentiment.pad_id, sentiment.unk_id) == (0, 1)
+    assert (sentiment.pad_id, sentiment.unk_id) == tuple(sentiment.tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]"))
+    translation = TranslationDataModule(dataset="cldr", size=60)
+    translation.setup("fit")
+    assert (translation.pad_id, translation.bos_id, translation.eos_id) == (0, 2, 3)
+    for tokenizer in translation.tokenizers():
+        assert [tokenizer.token_to_id(t) for t in ("[PAD]", "[BOS]", "[EOS]")] == [0, 2, 3]
+    batch = next(iter(translation.train_dataloader()))
+    assert (batch["target"][:, 0] == translation.bos_id).all()
