@@ -1,8 +1,8 @@
 """Convolutional autoencoder on digits: ``python -m apps.autoencoder fit``.
 
-The MNIST DataModule hands out batches normalised with the training set's mean and std; an
-autoencoder reconstructs pixels, so this module maps them back to [0, 1] first and every loss and
-metric is on [0, 1] pixels.
+The DataModule hands out pixels normalised as ``(pixel - mean) / std`` (its ``input_stats``, linked
+to this module's); an autoencoder reconstructs pixels, so this module maps them back to [0, 1] first
+and every loss and metric is on [0, 1] pixels.
 """
 
 from __future__ import annotations
@@ -13,32 +13,22 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from matplotlib.figure import Figure
-from torch import nn
-from torchmetrics import MeanMetric, MeanSquaredError, MetricCollection
+from torchmetrics import MeanMetric, MeanSquaredError
 from torchvision.utils import make_grid
 
-from datamodules.mnist import MEAN, STD
 from models.autoencoder import ConvAutoencoder
-from models.optim import injected_optimizers
-from models.reports import StageLogging, TrainLoss, log_image
-
-STAGES = ("train", "val", "test")
+from models.base import TrainingModule, stage_metrics
 
 
-def pixels(batch_images: torch.Tensor) -> torch.Tensor:
-    """Undo the DataModule's normalisation: ``(B, C, H, W)`` -> the same pixels in [0, 1]."""
-    return batch_images * STD + MEAN
-
-
-class AutoencoderModule(StageLogging, LightningModule):
+class AutoencoderModule(TrainingModule):
     """Trains ``ConvAutoencoder`` to reconstruct images, or denoise them with ``noise_std > 0``.
 
     Args:
         image_shape: ``(channels, height, width)`` of the inputs; linked from the DataModule.
+        input_stats: ``(mean, std)`` the DataModule normalised pixels with; linked from the DataModule.
         latent_size: Length of the latent vector each image is encoded to.
         channels: Channels of the first convolution (the second has twice as many).
         loss: ``mse`` (mean squared error of the pixels) or ``bce`` (binary cross-entropy per pixel).
@@ -53,6 +43,7 @@ class AutoencoderModule(StageLogging, LightningModule):
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 28, 28),
+        input_stats: tuple[float, float] = (0.0, 1.0),
         latent_size: int = 16,
         channels: int = 32,
         loss: Literal["mse", "bce"] = "mse",
@@ -62,22 +53,18 @@ class AutoencoderModule(StageLogging, LightningModule):
         grid_images: int = 16,
         latent_points: int = 2000,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        # Under LightningCLI the hparams hold these as config (plain data); keep the callables.
-        self.optimizer, self.scheduler = optimizer, scheduler
+        super().__init__(optimizer, scheduler)
         self.net = ConvAutoencoder(tuple(image_shape), latent_size, channels)
-        # Per-pixel metrics, summed over all pixels of the epoch, one collection per stage.
-        self.metrics = nn.ModuleDict(
-            {
-                f"{stage}_metrics": MetricCollection({"mse": MeanSquaredError(), "bce": MeanMetric()}, prefix=f"{stage}/")
-                for stage in STAGES
-            }
-        )
-        self.train_loss = TrainLoss()
+        # Per-pixel metrics, summed over all pixels of the epoch.
+        self.metrics = stage_metrics({"mse": MeanSquaredError(), "bce": MeanMetric()})
         self.shown: dict[str, torch.Tensor] = {}
         self.latents: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.reconstructions: list[torch.Tensor] = []
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo the DataModule's normalisation: ``(B, C, H, W)`` -> the same pixels in [0, 1]."""
+        mean, std = self.hparams.input_stats
+        return images * std + mean
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, H, W) pixels in [0, 1] -> (B, latent_size) codes and (B, C, H, W) reconstructed pixels."""
@@ -96,7 +83,7 @@ class AutoencoderModule(StageLogging, LightningModule):
         return images + self.hparams.noise_std * noise
 
     def _step(self, batch: tuple, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
-        clean = pixels(batch[0])  # (B, C, H, W) in [0, 1]
+        clean = self.pixels(batch[0])  # (B, C, H, W) in [0, 1]
         noisy = self.add_noise(clean, stage, batch_idx)
         latent, logits = self.net(noisy)
         recon = logits.sigmoid()
@@ -126,15 +113,15 @@ class AutoencoderModule(StageLogging, LightningModule):
             self.latents.append((out["latent"].detach().cpu(), batch[1].cpu()))
 
     def on_test_epoch_end(self) -> None:
-        self.log_stage_metrics("test")
+        super().on_test_epoch_end()
         rows = ["clean", "noisy", "recon"] if self.hparams.noise_std else ["clean", "recon"]
         images = torch.cat([self.shown[row].clamp(0, 1) for row in rows])  # (rows * n, C, H, W)
         grid = make_grid(images, nrow=len(self.shown["clean"]), pad_value=1.0)  # (3, H, W) in [0, 1]
         caption = "rows: " + ", ".join({"clean": "test images", "noisy": "noisy inputs", "recon": "reconstructions"}[r] for r in rows)
-        log_image(self, "test/reconstructions", grid, caption)
+        self.log_image("test/reconstructions", grid, caption)
         latent = torch.cat([z for z, _ in self.latents])[: self.hparams.latent_points]
         labels = torch.cat([y for _, y in self.latents])[: self.hparams.latent_points]
-        log_image(self, "test/latent_space", self.latent_figure(latent, labels), "test codes, first two principal components")
+        self.log_image("test/latent_space", self.latent_figure(latent, labels), "test codes, first two principal components")
 
     def latent_figure(self, latent: torch.Tensor, labels: torch.Tensor) -> Figure:
         """Scatter of the ``(N, latent_size)`` codes on their first two principal components, coloured by label."""
@@ -156,7 +143,7 @@ class AutoencoderModule(StageLogging, LightningModule):
 
     def predict_step(self, batch: tuple, batch_idx: int) -> list[dict[str, Any]]:
         """One record per image: its latent code and reconstruction error (no noise is added)."""
-        clean = pixels(batch[0])
+        clean = self.pixels(batch[0])
         latent, recon = self(clean)
         self.reconstructions.append(recon.squeeze(1).mul(255).round().byte().cpu())  # (B, H, W) uint8
         mse = (recon - clean).pow(2).flatten(1).mean(1)
@@ -172,6 +159,3 @@ class AutoencoderModule(StageLogging, LightningModule):
                 path = output.with_suffix(".reconstructions.npy")
                 np.save(path, torch.cat(self.reconstructions).numpy())
                 print(f"wrote {sum(len(r) for r in self.reconstructions)} reconstructions to {path}")
-
-    def configure_optimizers(self) -> Any:
-        return injected_optimizers(self.parameters(), self.optimizer, self.scheduler)

@@ -6,9 +6,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchvision.utils import make_grid
 
-from models.classifier import Classifier
+from models.base import Classifier
 from models.lenet import LeNet5
-from models.reports import log_image
 
 
 class LeNetClassifier(Classifier):
@@ -29,8 +28,8 @@ class LeNetClassifier(Classifier):
         self,
         label_names: list[str],
         image_shape: tuple[int, int, int] = (1, 28, 28),
-        batch_norm: bool = False,
-        dropout: float = 0.0,
+        batch_norm: bool = True,
+        dropout: float = 0.1,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
@@ -54,4 +53,4 @@ class LeNetClassifier(Classifier):
         wrong = torch.cat(self.misclassified)[: self.hparams.max_misclassified]
         if len(wrong):
             grid = make_grid(wrong, nrow=8, normalize=True, pad_value=1.0)  # (3, H, W) in [0, 1]
-            log_image(self, "test/misclassified", grid, f"{len(wrong)} misclassified test digits")
+            self.log_image("test/misclassified", grid, f"{len(wrong)} misclassified test digits")

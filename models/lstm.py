@@ -15,9 +15,9 @@ Padding never changes a text's prediction, and no packing is needed for that:
 - pooling reads only a text's own positions (masked max, or the states at its first and last token).
 
 Why not ``pack_padded_sequence``: on CPU, ``nn.LSTM`` runs a packed batch step by step outside the
-oneDNN kernel, about 7 times slower than the same batch unpacked, and slower even than padding every
-batch to 512 tokens (``python -m benchmarks.packed_vs_padded --packed``); length buckets keep the
-padding small anyway. On CUDA, cuDNN runs packed batches at full speed, so
+oneDNN kernel, slower than the same batch unpacked and slower even than padding every batch to 512
+tokens (BENCHMARKS.md, "Sequences"; ``python -m benchmarks.packed_vs_padded --packed``); length
+buckets keep the padding small anyway. On CUDA, cuDNN runs packed batches at full speed, so
 there each direction packs (``StackedLSTM.pack``). The parameters are the same either way: a
 checkpoint trained on one device loads on the other.
 """
@@ -162,7 +162,7 @@ class LSTMClassifier(nn.Module):
     maximum and the mean over the text's positions (twice the head's input).
 
     Args:
-        vocab_size: Rows of the embedding; token 0 is padding.
+        vocab_size: Rows of the embedding.
         num_classes: Output logits.
         embedding_dim: Size of a token vector (that of the GloVe file, when one is loaded).
         hidden_size: LSTM state size per direction.
@@ -175,6 +175,7 @@ class LSTMClassifier(nn.Module):
         word_dropout: In training, the chance that a token is replaced by ``unknown_id``: the model
             learns to do without any single word and meets unknown words in training as it will in use.
         unknown_id: The token id of unknown words.
+        pad_id: The token id of padding: its embedding row stays zero and word dropout leaves it.
     """
 
     def __init__(
@@ -190,23 +191,24 @@ class LSTMClassifier(nn.Module):
         pooling: Pooling = "max",
         word_dropout: float = 0.0,
         unknown_id: int = 1,
+        pad_id: int = 0,
     ) -> None:
         super().__init__()
         if pooling not in ("last", "max", "max_mean"):
             raise ValueError(f"pooling must be 'last', 'max' or 'max_mean', not {pooling!r}")
         self.pooling = pooling
-        self.word_dropout, self.unknown_id = word_dropout, unknown_id
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        self.word_dropout, self.unknown_id, self.pad_id = word_dropout, unknown_id, pad_id
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
         self.rnn = StackedLSTM(embedding_dim, hidden_size, num_layers, bidirectional, dropout, cell)
         self.dropout = nn.Dropout(dropout)
         features = hidden_size * self.rnn.directions * (2 if pooling == "max_mean" else 1)
         self.head = nn.Linear(features, num_classes)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) padded with 0, lengths (B,) >= 1 -> (B, num_classes) logits."""
+        """tokens (B, T) padded with ``pad_id``, lengths (B,) >= 1 -> (B, num_classes) logits."""
         lengths = lengths.to(tokens.device)
         if self.training and self.word_dropout > 0:
-            dropped = (torch.rand(tokens.shape, device=tokens.device) < self.word_dropout) & (tokens != 0)
+            dropped = (torch.rand(tokens.shape, device=tokens.device) < self.word_dropout) & (tokens != self.pad_id)
             tokens = tokens.masked_fill(dropped, self.unknown_id)
         outputs = self.rnn(self.dropout(self.embedding(tokens)), lengths)  # (B, T, directions * H)
         if self.pooling == "last":

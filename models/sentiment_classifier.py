@@ -7,11 +7,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import WandbLogger
 
-from datamodules.sources import DataError
-from datamodules.text import UNK_ID
-from models.classifier import Classifier
+from datamodules.base import DataError
+from models.base import Classifier
 from models.lstm import Cell, LSTMClassifier, Pooling, read_glove
 
 
@@ -21,6 +19,8 @@ class SentimentClassifier(Classifier):
     Args:
         label_names: Class names in label order; linked from the DataModule.
         vocab_size: Rows of the token embedding; linked from the DataModule's tokenizer size.
+        pad_id: Token id of padding; linked from the DataModule.
+        unk_id: Token id of unknown words, which word dropout puts in; linked from the DataModule.
         embedding_dim: Size of a token vector; must match the GloVe file when one is given.
         hidden_size: LSTM state size per direction.
         num_layers: Stacked LSTM layers.
@@ -43,6 +43,8 @@ class SentimentClassifier(Classifier):
         self,
         label_names: list[str],
         vocab_size: int = 20000,
+        pad_id: int = 0,
+        unk_id: int = 1,
         embedding_dim: int = 64,
         hidden_size: int = 64,
         num_layers: int = 2,
@@ -61,7 +63,7 @@ class SentimentClassifier(Classifier):
         super().__init__(label_names, optimizer, scheduler, label_smoothing)
         self.net = LSTMClassifier(
             vocab_size, len(label_names), embedding_dim, hidden_size, num_layers, bidirectional, dropout, cell, pooling,
-            word_dropout, UNK_ID,
+            word_dropout, unk_id, pad_id,
         )
         if freeze_embedding and glove_path is None:
             self.net.embedding.weight.requires_grad_(False)
@@ -117,10 +119,5 @@ class SentimentClassifier(Classifier):
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        if not self.trainer.is_global_zero:
-            return
-        rows = self.examples[False] + self.examples[True]
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger) and rows:
-                columns = ["text", "true label", "predicted label", "probability", "misclassified"]
-                logger.log_table(key="test/examples", columns=columns, data=rows)
+        columns = ["text", "true label", "predicted label", "probability", "misclassified"]
+        self.log_table("test/examples", columns, self.examples[False] + self.examples[True])

@@ -170,8 +170,8 @@ class Decoder(nn.Module):
     The context enters a step only through linear layers (the cell's input gates and the deep output)
     and is a weighted sum of the annotations, ``c_t = sum_s a_ts k_s``; so ``W c_t = sum_s a_ts (W k_s)``.
     ``memory`` multiplies every annotation by those layers' context columns ``W`` once per sentence,
-    and each step only weighs S of these products instead of multiplying its 2H-wide context by ``W``,
-    two fifths of a step's multiply-adds at the app's sizes. The cell's gates are therefore written
+    and each step only weighs S of these products instead of multiplying its 2H-wide context by ``W``
+    (``tests/test_translate.py`` counts the multiply-adds saved). The cell's gates are therefore written
     out (``gru_step``, ``lstm_step``); the parameters are still those of ``self.cell`` and
     ``self.pre_output``, and the results theirs, up to rounding. G is the cell's gate width: 3H for a
     GRU, 4H for an LSTM.

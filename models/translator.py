@@ -11,28 +11,24 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import WandbLogger
 from matplotlib.figure import Figure
-from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric
 from torchmetrics.text import BLEUScore, CHRFScore, Perplexity
 
-from datamodules.translation import BOS_ID, EOS_ID, PAD_ID, cut_at_eos
-from models.optim import injected_optimizers
-from models.reports import TrainLoss, log_image
+from models.base import TrainingModule, stage_metrics
 from models.seq2seq import Seq2Seq
 
-STAGES = ("val", "test")
 
-
-class Translator(LightningModule):
+class Translator(TrainingModule):
     """A ``Seq2Seq`` net trained with cross-entropy; reports BLEU, chrF, exact match and perplexity.
 
     Args:
         source_vocab_size: Source vocabulary size; linked from the DataModule.
         target_vocab_size: Target vocabulary size; linked from the DataModule.
+        pad_id: Padding token id (both vocabularies); linked from the DataModule.
+        bos_id: Begin-of-sentence id, the first decoder input; linked from the DataModule.
+        eos_id: End-of-sentence id, where decoding stops; linked from the DataModule.
         rnn: ``gru`` or ``lstm`` for encoder and decoder.
         attention: ``additive`` (Bahdanau), ``multiplicative`` (Luong) or ``none`` (the baseline).
         embedding_dim: Token embedding size.
@@ -53,6 +49,9 @@ class Translator(LightningModule):
         self,
         source_vocab_size: int,
         target_vocab_size: int,
+        pad_id: int = 0,
+        bos_id: int = 2,
+        eos_id: int = 3,
         rnn: Literal["gru", "lstm"] = "gru",
         attention: Literal["additive", "multiplicative", "none"] = "additive",
         embedding_dim: int = 128,
@@ -68,21 +67,15 @@ class Translator(LightningModule):
         attention_plots: int = 4,
         sample_rows: int = 32,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        # Under LightningCLI the hparams hold these as config (plain data); keep the callables.
-        self.optimizer, self.scheduler = optimizer, scheduler
+        super().__init__(optimizer, scheduler)
         self.net = Seq2Seq(
             source_vocab_size, target_vocab_size, embedding_dim, hidden_size, rnn, attention, dropout,
-            pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
         )
-        # One set of metrics per stage, so stages never mix their counts.
-        self.text_metrics = nn.ModuleDict(
-            {stage: MetricCollection({"bleu": BLEUScore(), "chrf": CHRFScore()}, prefix=f"{stage}/") for stage in STAGES}
+        self.metrics = stage_metrics(  # no train metrics: training decodes nothing
+            {"bleu": BLEUScore(), "chrf": CHRFScore(), "exact_match": MeanMetric(), "perplexity": Perplexity(pad_id)},
+            stages=("val", "test"),
         )
-        self.exact_match = nn.ModuleDict({stage: MeanMetric() for stage in STAGES})
-        self.perplexity = nn.ModuleDict({stage: Perplexity(ignore_index=PAD_ID) for stage in STAGES})
-        self.train_loss = TrainLoss()
         self.samples: list[list[str]] = []
         self.attention_maps: list[tuple[list[str], list[str], torch.Tensor]] = []
 
@@ -93,7 +86,7 @@ class Translator(LightningModule):
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy per real target token; padding counts for nothing."""
         return F.cross_entropy(
-            logits.transpose(1, 2), target, ignore_index=PAD_ID, label_smoothing=self.hparams.label_smoothing
+            logits.transpose(1, 2), target, ignore_index=self.hparams.pad_id, label_smoothing=self.hparams.label_smoothing
         )
 
     def translate(self, batch: dict[str, Any], beam_size: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -110,23 +103,21 @@ class Translator(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch, self.hparams.teacher_forcing)
         loss = self.loss(logits, batch["target"][:, 1:])
-        self.train_loss(self, loss)
+        self.log_loss("train", loss)
         return loss
 
     def _evaluate(self, batch: dict[str, Any], stage: str, beam_size: int) -> list[str]:
         target = batch["target"][:, 1:]  # (B, T-1)
         logits = self(batch)
-        b = len(logits)
-        self.log(f"{stage}/loss", self.loss(logits, target), on_epoch=True, prog_bar=True, sync_dist=True, batch_size=b)
-        self.perplexity[stage](logits.float(), target)
-        self.log(f"{stage}/perplexity", self.perplexity[stage], on_epoch=True, batch_size=b)
+        self.log_loss(stage, self.loss(logits, target), batch_size=len(logits))
         hypotheses, _, _ = self.translate(batch, beam_size)
         references = batch["target_text"]
-        metrics = self.text_metrics[stage]
-        metrics(hypotheses, [[r] for r in references])
-        self.log_dict(metrics, on_epoch=True, prog_bar=True, batch_size=b)
-        self.exact_match[stage](torch.tensor([h == r for h, r in zip(hypotheses, references)], dtype=torch.float, device=self.device))
-        self.log(f"{stage}/exact_match", self.exact_match[stage], on_epoch=True, prog_bar=True, batch_size=b)
+        metrics = self.metrics[f"{stage}_metrics"]  # accumulated; logged at the epoch's end
+        metrics["perplexity"].update(logits.float(), target)
+        metrics["bleu"].update(hypotheses, [[r] for r in references])
+        metrics["chrf"].update(hypotheses, [[r] for r in references])
+        exact = [h == r for h, r in zip(hypotheses, references)]
+        metrics["exact_match"].update(torch.tensor(exact, dtype=torch.float, device=self.device))
         return hypotheses
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -152,7 +143,8 @@ class Translator(LightningModule):
         for row in range(len(source)):
             s = int(lengths[row])
             out = tokens[row].tolist()
-            t = len(cut_at_eos(out)) + (EOS_ID in out)  # the translation and its [EOS]
+            eos = self.hparams.eos_id
+            t = out.index(eos) + 1 if eos in out else len(out)  # the translation and its [EOS]
             self.attention_maps.append(
                 (data.tokens(source[row, :s].tolist(), "source"), data.tokens(out[:t], "target"), weights[row, :t, :s].cpu())
             )
@@ -161,12 +153,10 @@ class Translator(LightningModule):
         self.samples, self.attention_maps = [], []
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         if self.attention_maps:
-            log_image(self, "test/attention", self.attention_figure(), "attention of each output token over the source tokens")
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.log_table("test/samples", columns=["source", "reference", "translation", "exact"], data=self.samples)
+            self.log_image("test/attention", self.attention_figure(), "attention of each output token over the source tokens")
+        self.log_table("test/samples", ["source", "reference", "translation", "exact"], self.samples)
 
     def attention_figure(self) -> Figure:
         """One heatmap per sentence: rows are output tokens, columns source tokens."""
@@ -183,6 +173,3 @@ class Translator(LightningModule):
         """One record per sentence: the translation and its probability under the model."""
         texts, scores, _ = self.translate(batch, self.hparams.beam_size)
         return [{"translation": t, "probability": p} for t, p in zip(texts, scores.exp().tolist())]
-
-    def configure_optimizers(self) -> Any:
-        return injected_optimizers(self.parameters(), self.optimizer, self.scheduler)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import apps.autoencoder.__main__ as autoencoder_app
-from datamodules.mnist import MEAN, STD, load_digits_28
+from datamodules.mnist import load_digits_28
 from models.autoencoder import ConvAutoencoder
 from models.autoencoder_module import AutoencoderModule
 
@@ -36,9 +36,17 @@ def test_denoising_input_is_noisy_and_seeded_outside_training() -> None:
     assert torch.equal(AutoencoderModule(noise_std=0.0).add_noise(clean, "train", 0), clean)
 
 
+def test_the_module_undoes_the_datamodule_normalisation() -> None:
+    """Given the DataModule's ``input_stats``, normalised pixels come back as the [0, 1] pixels they were."""
+    pixels = torch.rand(2, 1, 28, 28)
+    module = AutoencoderModule(input_stats=(0.13, 0.31))
+    torch.testing.assert_close(module.pixels((pixels - 0.13) / 0.31), pixels)
+    torch.testing.assert_close(AutoencoderModule().pixels(pixels), pixels)  # (0, 1): already pixels
+
+
 def test_predict_returns_codes_and_reconstruction_errors() -> None:
-    module = AutoencoderModule(latent_size=4).eval()
-    normalised = (torch.rand(3, 1, 28, 28) - MEAN) / STD  # as the DataModule hands them out
+    module = AutoencoderModule(latent_size=4, input_stats=(0.13, 0.31)).eval()
+    normalised = (torch.rand(3, 1, 28, 28) - 0.13) / 0.31  # as the DataModule hands them out
     records = module.predict_step((normalised,), 0)
     assert len(records) == 3 and len(records[0]["latent"]) == 4 and records[0]["mse"] > 0
     assert module.reconstructions[0].shape == (3, 28, 28) and module.reconstructions[0].dtype == torch.uint8

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,11 @@ from PIL import Image
 import apps.autoencoder.__main__ as autoencoder_app
 import apps.finetune.__main__ as finetune_app
 import apps.mnist.__main__ as mnist_app
+from datamodules.base import DataError
 from datamodules.images import ImageDataModule
 from datamodules.mnist import load_digits_28
-from datamodules.sources import DataError
-from models.finetune import RECIPES, FinetuneClassifier
+from models.backbones import Pixels, fetch_torchvision_weights
+from models.finetune import FinetuneClassifier
 
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
 TINY_FIT = ["--data.dataset=digits", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
@@ -103,12 +105,6 @@ def test_fit_starts_from_the_backbone_checkpoint_weights(backbones, pretrained: 
     assert all(same) if pretrained else not any(same[:2])  # random conv weights and biases differ
 
 
-def test_the_default_backbone_recipe_keeps_the_best_validation_loss() -> None:
-    """By accuracy the small 0-4 validation split ties at 1.0 within two epochs, and the first tie was kept."""
-    command = RECIPES["runs/pretrained/lenet-digits-0-4.ckpt"]
-    assert "--checkpoint.monitor=val/loss" in command and "--checkpoint.mode=min" in command
-
-
 def test_finetune_keeps_the_epoch_of_lowest_validation_loss(capsys) -> None:
     """~90 validation images of 5-9: val/acc moves in 1% steps and its first maximum is often a lucky epoch."""
     with pytest.raises(SystemExit) as exit_:
@@ -116,6 +112,37 @@ def test_finetune_keeps_the_epoch_of_lowest_validation_loss(capsys) -> None:
     assert exit_.value.code == 0
     checkpoint = yaml.safe_load(capsys.readouterr().out)["checkpoint"]
     assert (checkpoint["monitor"], checkpoint["mode"]) == ("val/loss", "min")
+
+
+def test_autoencoder_backbone_undoes_the_input_normalisation(backbones) -> None:
+    """The encoder takes [0, 1] pixels: the backbone first undoes the DataModule's ``input_stats``."""
+    module = FinetuneClassifier(label_names=["5", "6"], backbone=str(backbones["autoencoder"]), input_stats=(0.13, 0.31))
+    module.configure_model()
+    pixels = module.backbone[0]
+    assert isinstance(pixels, Pixels)
+    images = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(pixels((images - 0.13) / 0.31), images)
+
+
+def test_a_missing_backbone_checkpoint_is_one_data_error(tmp_path) -> None:
+    module = FinetuneClassifier(label_names=["a", "b"], backbone=str(tmp_path / "missing.ckpt"))
+    with pytest.raises(DataError, match=r"missing.ckpt: no such checkpoint file \(and not a torchvision model name\)"):
+        module.configure_model()
+
+
+def test_torchvision_weights_on_a_closed_network_are_one_data_error(tmp_path, monkeypatch) -> None:
+    """The download runs under a short socket timeout, and its failure says how to go on without it."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
+    timeouts, before = [], socket.getdefaulttimeout()
+
+    def closed(url: str, **kwargs) -> None:
+        timeouts.append(socket.getdefaulttimeout())
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", closed)
+    with pytest.raises(DataError, match="--model.backbone resnet18: .*Network is unreachable.*--model.pretrained=false"):
+        fetch_torchvision_weights("resnet18")
+    assert timeouts and 0 < timeouts[0] <= 10 and socket.getdefaulttimeout() == before
 
 
 def test_torchvision_backbone_by_name_without_weights() -> None:
@@ -224,7 +251,7 @@ def test_bad_input_ends_in_one_line(backbones, tmp_path, monkeypatch, capsys) ->
     cases = [
         (["--model.backbone=other.ckpt"], "a checkpoint of neither apps.mnist (LeNet) nor apps.autoencoder"),
         (["--model.backbone=not.ckpt"], "not a readable Lightning checkpoint"),
-        (["--model.backbone=missing.ckpt"], "neither a torchvision model name nor a checkpoint file"),
+        (["--model.backbone=missing.ckpt"], "no such checkpoint file"),
         (["--model.backbone=resnet18"], "pass --model.pretrained=false"),
         ([f"--model.backbone={backbones['lenet']}", "--data.labels_per_class=1000"], "the training split has only"),
         ([f"--model.backbone={backbones['lenet']}", "--data.dataset=folder", "--data.path=one"], "found only 'cats'"),
@@ -238,3 +265,21 @@ def test_a_folder_needs_two_classes(tmp_path) -> None:
     write_folder(tmp_path / "one", ["cats"])
     with pytest.raises(DataError, match="at least two sub-folders"):
         ImageDataModule(dataset="folder", path=str(tmp_path / "one")).label_names
+
+
+def test_the_default_backbone_recipe_keeps_the_best_validation_loss() -> None:
+    """By val/acc, the 0-4 split reaches 1.0 within two epochs and a tie never replaces that early epoch."""
+    _, args = finetune_app.PRETRAIN["runs/pretrained/lenet-digits-0-4.ckpt"]
+    assert {"--checkpoint.monitor=val/loss", "--checkpoint.mode=min", "--data.classes=[0,1,2,3,4]"} <= set(args)
+
+
+def test_fit_makes_a_missing_default_backbone_in_process(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    default = "runs/pretrained/lenet-digits-0-4.ckpt"
+    app, args = finetune_app.PRETRAIN[default]
+    monkeypatch.setitem(finetune_app.PRETRAIN, default, (app, [*args, *TINY_FIT]))  # a short pretraining
+    output = run(finetune_app.main, "fit", *TINY_FIT, *QUIET)
+    assert (tmp_path / default).is_file()
+    assert f"[backbone] {default} is missing: making it with `python -m apps.mnist fit" in capsys.readouterr().err
+    reported = [line for line in output.splitlines() if line.startswith("checkpoint: ")]
+    assert len(reported) == 1 and "runs/finetune/" in reported[0]  # the pretraining reports on stderr

@@ -12,9 +12,10 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 
 import apps.sentiment.__main__ as sentiment_app
+import datamodules.base as data_base
 import datamodules.sentiment as sentiment_data
 from datamodules.sentiment import SentimentDataModule
-from datamodules.sources import DataError
+from datamodules.base import DataError
 from models.lstm import LSTMClassifier, read_glove
 from models.sentiment_classifier import SentimentClassifier
 
@@ -25,7 +26,7 @@ BAD = ["a dull film", "terrible acting and a boring plot", "hated it", "awful me
 @pytest.fixture(autouse=True)
 def no_download(monkeypatch) -> None:
     """The IMDB download is never tried: the host counts as unreachable."""
-    monkeypatch.setattr(sentiment_data, "reachable", lambda url: (False, "offline in tests"))
+    monkeypatch.setattr(data_base, "reachable", lambda url: (False, "offline in tests"))
 
 
 def write_imdb(data_dir: Path, per_folder: int = 10) -> None:
@@ -223,6 +224,16 @@ def test_word_dropout_replaces_tokens_by_unknown_in_training_only() -> None:
     assert torch.equal(net(tokens, lengths), net(unknown, lengths))  # training: every word dropped
     net.eval()
     assert not torch.equal(net(tokens, lengths), net(unknown, lengths))  # evaluation: words kept
+
+
+def test_token_ids_reach_the_net() -> None:
+    """The padding and unknown-word ids linked from the DataModule: padding's embedding row is zero,
+    and word dropout puts in the unknown-word id."""
+    net = SentimentClassifier(["neg", "pos"], 20, embedding_dim=4, hidden_size=4, dropout=0.0, word_dropout=1.0,
+                              pad_id=3, unk_id=4).net
+    assert net.embedding.padding_idx == 3 and not net.embedding.weight[3].any()
+    tokens, lengths = torch.tensor([[5, 6, 3]]), torch.tensor([2])
+    assert torch.equal(net(tokens, lengths), net(torch.tensor([[4, 4, 3]]), lengths))  # training: every word dropped
 
 
 def test_layernorm_lstm_trains() -> None:

@@ -15,9 +15,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import apps.translate.__main__ as translate_app
 from datamodules.cldr_pairs import generate_pairs
-from datamodules.sources import DataError
-from datamodules.translation import BOS_ID, EOS_ID, PAD_ID, TranslationDataModule, read_pairs
+from datamodules.base import DataError
+from datamodules.text import BOS_ID, EOS_ID, PAD_ID
+from datamodules.translation import TranslationDataModule, read_pairs
 from models.seq2seq import Decoder, Seq2Seq, hidden
+from models.translator import Translator
 
 TSV = (
     "Go.\tVa !\tCC-BY 2.0 (France) Attribution: tatoeba.org #2877272\n"
@@ -283,6 +285,19 @@ def test_batched_beam_search_is_sentence_by_sentence(rnn: str) -> None:
         assert torch.equal(tokens[row, : alone.shape[1]], alone[0])
         assert (tokens[row, alone.shape[1] :] == PAD_ID).all()
         assert torch.allclose(scores[row], alone_score[0])
+
+
+def test_translator_uses_the_token_ids_it_is_given() -> None:
+    """The ids the DataModule links reach decoding and the loss: here [BOS] is 1, [EOS] 5 and padding 7."""
+    torch.manual_seed(0)
+    model = Translator(20, 12, embedding_dim=8, hidden_size=16, pad_id=7, bos_id=1, eos_id=5).eval()
+    assert (model.net.bos_id, model.net.eos_id, model.net.pad_id) == (1, 5, 7)
+    with torch.no_grad():
+        model.net.decoder.out.bias[5] = 1e4  # [EOS] first: every translation ends at once
+        tokens, _, _ = model.net.greedy(torch.randint(8, 20, (3, 4)), torch.full((3,), 4), max_length=6)
+    assert tokens.tolist() == [[5]] * 3
+    logits, target = torch.randn(3, 4, 12), torch.tensor([[2, 3, 7, 7]] * 3)
+    assert torch.isclose(model.loss(logits, target), model.loss(logits[:, :2], target[:, :2]))  # padding ignored
 
 # --- app ----------------------------------------------------------------------------------------
 
