@@ -27,7 +27,8 @@ import torch
 
 from benchmarks.attention_vs_none import fit, load
 from benchmarks.harness import Row, fmt_ratio, interleaved, ratio
-from datamodules.translation import EOS_ID, TranslationDataModule
+from datamodules.text import EOS_ID
+from datamodules.translation import TranslationDataModule
 from models.translator import Translator
 
 GOAL = 10.0

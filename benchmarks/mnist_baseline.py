@@ -25,7 +25,7 @@ from sklearn.svm import SVC
 import apps.mnist.__main__ as mnist_app
 from benchmarks.harness import Row, full_run_only, mean_std
 from datamodules.mnist import MNISTDataModule
-from datamodules.sources import seeded_split
+from datamodules.base import seeded_split
 
 SEEDS = (0, 1, 2)
 

@@ -15,6 +15,10 @@ an MNIST net 0.3 s more than plain PyTorch per epoch.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
+
 from functools import partial
 from pathlib import Path
 
@@ -27,7 +31,7 @@ from torch.utils.data import DataLoader
 from benchmarks.harness import Row, difference, fmt_ratio, interleaved, ratio
 from datamodules.mnist import MEAN, STD, MNISTDataModule, TensorBatches, keep_batch, load_digits_28
 from datamodules.sentiment import SentimentDataModule
-from models.classifier import Classifier
+from models.base import Classifier
 from models.lenet_classifier import LeNetClassifier
 from models.sentiment_classifier import SentimentClassifier
 
@@ -35,8 +39,12 @@ GOAL = 1.05  # Lightning time / plain time
 
 
 def app_config(app: str) -> dict:
-    """``apps/<app>/config.yaml``: both candidates train what the app trains."""
-    return yaml.safe_load((Path(__file__).parents[1] / "apps" / app / "config.yaml").read_text())
+    """The app's resolved ``fit`` settings (its config.yaml over the classes' defaults), as
+    ``python -m apps.<app> fit --print_config`` prints them: both candidates train what the app trains."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+        importlib.import_module(f"apps.{app}.__main__").main(["fit", "--print_config"])
+    return yaml.safe_load(printed.getvalue())
 
 
 def optimizer_settings(config: dict) -> dict[str, float | bool]:

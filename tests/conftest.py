@@ -40,6 +40,15 @@ def no_wandb_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def backbone_for_finetune(request) -> None:
+    """Tests of the finetune app get the pretrained backbone the registry's data options name."""
+    if "finetune" in request.node.name:
+        from registry import finetune_backbone
+
+        finetune_backbone()
+
+
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
     """Write ``array`` (uint8) in MNIST's IDX format: magic, dimension sizes, raw bytes."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

@@ -5,7 +5,6 @@ bad ones on purpose), through the app's CLI with ``--print_config``, in-process 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import re
 import shlex
@@ -13,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from registry import APPS, PROJECT_APPS
+
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-APPS = ["sentiment", "mnist", "translate", "autoencoder", "finetune"]  # tried in this order for an option
 BLOCKS = re.compile(r"```.*?```", re.DOTALL)
 
 
@@ -42,7 +42,7 @@ def parse(app: str, args: list[str]) -> tuple[int | str | None, str]:
     """The exit code of ``python -m apps.<app> ARGS --print_config``, and what it printed."""
     output = io.StringIO()
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), pytest.raises(SystemExit) as exit_:
-        importlib.import_module(f"apps.{app}.__main__").main([*args, "--print_config"])
+        APPS[app].main([*args, "--print_config"])
     return exit_.value.code, output.getvalue()
 
 
@@ -62,7 +62,7 @@ def test_readme_command_parses(command: str) -> None:
 @pytest.mark.parametrize("option", options())
 def test_readme_option_parses_for_an_app(option: str) -> None:
     errors = []
-    for app in APPS:
+    for app in PROJECT_APPS:
         code, printed = parse(app, ["fit", *shlex.split(option)])
         if code == 0:
             return

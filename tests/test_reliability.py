@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import apps.mnist.__main__ as mnist_app
-import apps.reliability as reliability
+import apps.callbacks as callbacks
 import apps.sentiment.__main__ as sentiment_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +189,7 @@ def test_a_read_only_checkpoint_folder_is_reported_before_training(tmp_path: Pat
 
 def test_a_nearly_full_disk_is_reported_before_training(tmp_path: Path, monkeypatch) -> None:
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(reliability.shutil, "disk_usage", lambda _: usage._replace(free=2**20))
+    monkeypatch.setattr(callbacks.shutil, "disk_usage", lambda _: usage._replace(free=2**20))
     code, out, err = fit_mnist(tmp_path, "--trainer.logger=false")
     assert code == 2 and "test metrics" not in out and not list(tmp_path.rglob("*.ckpt"))
     assert err.strip().splitlines()[-1].startswith(

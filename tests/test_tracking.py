@@ -2,17 +2,16 @@ from pathlib import Path
 
 import pytest
 
-from apps.tracking import WandbLogger, wandb_credentials
+from apps.cli import wandb_offline
 
 
 def test_no_credentials_means_offline() -> None:
-    assert not wandb_credentials()
-    assert WandbLogger().offline
+    assert wandb_offline(False)
 
 
 def test_an_api_key_means_online(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert not WandbLogger().offline
+    assert not wandb_offline(False)
 
 
 def test_a_netrc_login_means_online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -20,20 +19,21 @@ def test_a_netrc_login_means_online(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
-    assert wandb_credentials()
-    assert not WandbLogger().offline
+    assert not wandb_offline(False)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a login for another host
+    assert wandb_offline(False)
 
 
 @pytest.mark.parametrize("mode, offline", [("disabled", False), ("online", False), ("offline", True), ("dryrun", True)])
 def test_wandb_mode_in_the_environment_decides(mode: str, offline: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_MODE", mode)
-    assert WandbLogger().offline is offline
+    assert wandb_offline(False) is offline
 
 
 def test_explicit_offline_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert WandbLogger(offline=True).offline
+    assert wandb_offline(True)
 
 
 def test_train_loss_is_the_mean_since_the_last_logger_write(tmp_path: Path) -> None:

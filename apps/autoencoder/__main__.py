@@ -21,7 +21,7 @@ def main(args: list[str] | None = None) -> None:
         config=Path(__file__).with_name("config.yaml"),
         monitor="val/mse",
         mode="min",
-        links=("image_shape",),
+        links=("image_shape", "input_stats"),
         args=args,
     )
 

@@ -24,7 +24,7 @@ def main(args: list[str] | None = None) -> None:
         # to the majority class; macro-F1 weighs both classes equally (and equals accuracy's choice
         # on balanced IMDB in practice).
         monitor="val/macro_f1",
-        links=("label_names", "vocab_size"),
+        links=("label_names", "vocab_size", "pad_id", "unk_id"),
         args=args,
     )
 

@@ -21,7 +21,7 @@ def main(args: list[str] | None = None) -> None:
         name="translate",
         config=Path(__file__).with_name("config.yaml"),
         monitor="val/bleu",
-        links=("source_vocab_size", "target_vocab_size"),
+        links=("source_vocab_size", "target_vocab_size", "pad_id", "bos_id", "eos_id"),
         args=args,
     )
 

@@ -1,0 +1,192 @@
+"""The callbacks every app's Trainer gets from ``apps/cli.py``: a resumed run ends with the same weights
+as one that never stopped, a run fails early and in one line on what would spoil it, and ``predict``
+writes its records beside their inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import WandbLogger
+from torch.utils.data import DataLoader
+
+from datamodules.base import DataError
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message says where and what is left."""
+
+
+class RunRecord(Callback):
+    """Adds ``checkpoint["run"]``: the app's name, the seed and the W&B run id (plain data, no pickles),
+    so ``fit --ckpt_path last`` continues the W&B run and ``test`` refuses another app's checkpoint."""
+
+    def __init__(self, app: str, seed: int | None) -> None:
+        self.app, self.seed = app, seed
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        wandb_ids = [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        checkpoint["run"] = {"app": self.app, "seed": self.seed, "wandb_id": wandb_ids[0] if wandb_ids else None}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 32-bit seed for ``epoch`` of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class EpochSeeds(Callback):
+    """Reseeds Python's, NumPy's and torch's generators from (seed, epoch) as each training epoch starts.
+
+    A resumed run starts its first pass over the training data before its first epoch starts, where an
+    uninterrupted run starts each pass after; two things make up for that. Training loaders get a
+    generator of their own, so starting a pass draws nothing from the reseeded global one. And a sampler
+    that fixes its order when a pass starts (``DistributedSampler``, ``BucketBatchSampler``) would use
+    epoch 0's order, so a resumed run starts its first pass again once the samplers know the epoch.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        loaders = [trainer.train_dataloader] if isinstance(trainer.train_dataloader, DataLoader) else []
+        for loader in loaders:
+            loader.generator = loader.generator or torch.Generator()
+        if trainer.current_epoch > 0:
+            for loader in loaders:
+                for sampler in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+                    if hasattr(sampler, "set_epoch"):
+                        sampler.set_epoch(trainer.current_epoch)
+            restart_training_pass(trainer)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        seed = epoch_seed(self.seed, trainer.current_epoch)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # every device's generator too
+
+
+def restart_training_pass(trainer: Trainer) -> None:
+    """Start the fit loop's pass over the training data again. The one private Lightning attribute the
+    apps use (no public hook restarts a pass); ``tests/test_lightning_api.py`` fails when it changes."""
+    iter(trainer.fit_loop._data_fetcher)
+
+
+class FiniteLoss(Callback):
+    """Raises ``TrainingStopped`` at the first non-finite training loss (before its backward pass, so the
+    weights stay finite) or ``val/loss`` (before the epoch's checkpoint). Every DDP rank decides alike."""
+
+    batch_idx = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.batch_idx = batch_idx
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        if not trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach()).all()), all=True):
+            where = f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self.batch_idx})"
+            self._stop(trainer, f"train loss is {loss.detach().float().mean().item()} at {where}")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning runs checkpoint callbacks after all others, so this comes before the epoch's save.
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is not None and not torch.isfinite(loss).all():
+            stage = "sanity check" if trainer.sanity_checking else f"epoch {trainer.current_epoch}"
+            self._stop(trainer, f"val/loss is {loss.item()} after step {trainer.global_step} (validation, {stage})")
+
+    @staticmethod
+    def _stop(trainer: Trainer, what: str) -> None:
+        saved = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        kept = f"the last good checkpoint is {saved}" if saved else "no checkpoint had been written yet"
+        raise TrainingStopped(f"training stopped: {what}; {kept}")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes each record of ``predict_step`` beside its input (the DataModule's ``predict_inputs``, in
+    order) to a .csv or .jsonl file. The file is written whole under a temporary name and then renamed,
+    so a failed run leaves any earlier file as it was."""
+
+    FORMATS = (".csv", ".jsonl")
+
+    def __init__(self, path: str) -> None:
+        super().__init__(write_interval="epoch")
+        self.path = Path(path)
+        if self.path.suffix not in self.FORMATS:
+            raise DataError(f"--output {path}: name a {' or '.join(self.FORMATS)} file")
+        if not self.path.parent.is_dir():
+            raise DataError(f"--output {path}: folder {self.path.parent} does not exist")
+
+    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: list, batch_indices: list) -> None:
+        records = [record for batch in predictions for record in batch]
+        inputs = trainer.datamodule.predict_inputs
+        if len(records) != len(inputs):
+            raise RuntimeError(f"{len(inputs)} inputs but {len(records)} predictions")
+        rows = [{"input": text, **record} for text, record in zip(inputs, records)]
+        partial = self.path.with_name(self.path.name + ".partial")
+        with partial.open("w", newline="", encoding="utf-8") as f:
+            if self.path.suffix == ".csv":
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            else:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        partial.replace(self.path)
+        print(f"wrote {len(rows)} predictions to {self.path}")
+
+
+class CheckpointRoom(Callback):
+    """Fails before training starts, in one line, when the checkpoint folder cannot take the files."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        folder = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
+        if folder and trainer.is_global_zero and not trainer.fast_dev_run:
+            # room for last.ckpt, the best one and one being written, with a margin
+            check_output_folder(folder, needed=3 * checkpoint_bytes(pl_module) + 2**24)
+
+
+def rows_until(path: Path, epoch: int, step: int) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns of a CSV metrics file and its rows logged up to a checkpoint of ``epoch`` and global
+    ``step``: rows with an epoch up to ``epoch``, rows without one (the learning rate) before ``step``."""
+    if not path.is_file():
+        return [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [row for row in reader if (float(row["epoch"]) <= epoch if row.get("epoch") else float(row.get("step") or 0) < step)]
+        return list(reader.fieldnames or []), rows
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """About one checkpoint of ``model``: its weights and an Adam-like optimizer's two moments."""
+    return 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def check_output_folder(folder: str | os.PathLike, needed: int) -> None:
+    """Fail now, not after an epoch of training, if ``folder`` cannot take ``needed`` bytes of files.
+    Folders it creates to find out are removed again (the CSV logger warns about a non-empty one)."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+        free = shutil.disk_usage(folder).free
+    except OSError as err:
+        raise DataError(f"cannot write to the output folder {folder}: {err.strerror or err}") from None
+    finally:
+        for created in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                created.rmdir()
+    if free < needed:
+        raise DataError(
+            f"not enough disk space for checkpoints in {folder}: {free / 2**20:.1f} MiB free, "
+            f"about {needed / 2**20:.1f} MiB needed"
+        )
