@@ -1,6 +1,5 @@
-"""The callbacks every app's Trainer gets from ``apps/cli.py``: a resumed run ends with the same weights
-as one that never stopped, a run fails early and in one line on what would spoil it, and ``predict``
-writes its records beside their inputs."""
+"""The callbacks every app's Trainer gets from ``apps/cli.py``: a resumed run ends with the same weights as
+one that never stopped, a run fails early and in one line on what would spoil it, ``predict`` writes."""
 
 from __future__ import annotations
 
@@ -59,7 +58,9 @@ class EpochSeeds(Callback):
         self.seed = seed
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        loaders = [trainer.train_dataloader] if isinstance(trainer.train_dataloader, DataLoader) else []
+        found = trainer.train_dataloader  # one DataLoader, or a list or dict of them
+        found = found.values() if isinstance(found, dict) else found if isinstance(found, (list, tuple)) else [found]
+        loaders = [loader for loader in found if isinstance(loader, DataLoader)]
         for loader in loaders:
             loader.generator = loader.generator or torch.Generator()
         if trainer.current_epoch > 0:
@@ -125,7 +126,7 @@ class PredictionWriter(BasePredictionWriter):
         if not self.path.parent.is_dir():
             raise DataError(f"--output {path}: folder {self.path.parent} does not exist")
 
-    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: list, batch_indices: list) -> None:
+    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: list, indices: list) -> None:
         records = [record for batch in predictions for record in batch]
         inputs = trainer.datamodule.predict_inputs
         if len(records) != len(inputs):
@@ -144,23 +145,29 @@ class PredictionWriter(BasePredictionWriter):
 
 
 class CheckpointRoom(Callback):
-    """Fails before training starts, in one line, when the checkpoint folder cannot take the files."""
+    """Fails before training starts, in one line, when the checkpoint folder cannot take the files.
+    Rank zero checks; every rank stops, so none is left waiting for the others."""
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         folder = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
+        problem = ""
         if folder and trainer.is_global_zero and not trainer.fast_dev_run:
-            # room for last.ckpt, the best one and one being written, with a margin
-            check_output_folder(folder, needed=3 * checkpoint_bytes(pl_module) + 2**24)
+            try:  # room for last.ckpt, the best one and one being written, with a margin
+                check_output_folder(folder, needed=3 * checkpoint_bytes(pl_module) + 2**24)
+            except DataError as err:
+                problem = str(err)
+        if not trainer.strategy.reduce_boolean_decision(not problem, all=True):
+            raise DataError(problem or f"rank 0 cannot write checkpoints to {folder} (its log says why)")
 
 
 def rows_until(path: Path, epoch: int, step: int) -> tuple[list[str], list[dict[str, str]]]:
-    """The columns of a CSV metrics file and its rows logged up to a checkpoint of ``epoch`` and global
-    ``step``: rows with an epoch up to ``epoch``, rows without one (the learning rate) before ``step``."""
+    """A CSV metrics file's columns and rows up to a checkpoint of ``epoch`` and global ``step``."""
     if not path.is_file():
         return [], []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        rows = [row for row in reader if (float(row["epoch"]) <= epoch if row.get("epoch") else float(row.get("step") or 0) < step)]
+        # rows with an epoch up to the checkpoint's; those without (the learning rate) before its step
+        rows = [row for row in reader if (float(row["epoch"]) <= epoch if row.get("epoch") else float(row["step"] or 0) < step)]
         return list(reader.fieldnames or []), rows
 
 
@@ -186,7 +193,5 @@ def check_output_folder(folder: str | os.PathLike, needed: int) -> None:
             with contextlib.suppress(OSError):
                 created.rmdir()
     if free < needed:
-        raise DataError(
-            f"not enough disk space for checkpoints in {folder}: {free / 2**20:.1f} MiB free, "
-            f"about {needed / 2**20:.1f} MiB needed"
-        )
+        raise DataError(f"not enough disk space for checkpoints in {folder}: {free / 2**20:.1f} MiB free, "
+                        f"about {needed / 2**20:.1f} MiB needed")

@@ -36,11 +36,6 @@ from datamodules.base import DataError
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # `test --ckpt_path` starts a new run folder on purpose; the checkpoint's own folder is not reused.
 warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-# A resumed run's CSV logger rewrites the rows it keeps (CSVLogger.continue_run).
-warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
 
 def wandb_offline(offline: bool) -> bool:
     """Whether a W&B run goes offline: when asked, when ``WANDB_MODE`` says so (Lightning itself sets it
@@ -62,7 +57,9 @@ def continue_csv(logger: loggers.CSVLogger, epoch: int, step: int) -> None:
     ``epoch`` and global ``step``) and append to them. Lightning's writer starts the file afresh, so the
     kept rows are written again at once."""
     columns, rows = rows_until(Path(logger.log_dir, "metrics.csv"), epoch, step)
-    logger.experiment.metrics, logger.experiment.metrics_keys = rows, columns
+    with warnings.catch_warnings():  # Lightning's warning that it starts metrics.csv afresh: it is rewritten
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        logger.experiment.metrics, logger.experiment.metrics_keys = rows, columns
     logger.experiment.save()
 
 
@@ -75,13 +72,13 @@ class LoggedConfig(SaveConfigCallback):
             logger.log_hyperparams({"config": config})
 
 
-def logger_class(entry: Any) -> type | None:
-    """The class a ``--trainer.logger`` entry of the config names (a class_path), or None."""
-    module, _, name = str(getattr(entry, "class_path", "")).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
+def logger_entries(config: Any) -> list[tuple[Any, type]]:
+    """The ``--trainer.logger`` entries of a config (a list, one logger, or none), each with its class."""
+    entries = config["trainer"].get("logger")
+    entries = entries if isinstance(entries, list) else [entries] if hasattr(entries, "class_path") else []
+    paths = [str(getattr(entry, "class_path", "")).rpartition(".") for entry in entries]  # parsed: importable
+    return [(entry, getattr(importlib.import_module(module), name) if module else object)
+            for entry, (module, _, name) in zip(entries, paths)]
 
 
 class ArgumentParser(LightningArgumentParser):
@@ -98,17 +95,10 @@ class ArgumentParser(LightningArgumentParser):
 
 
 class AppCLI(LightningCLI):
-    """LightningCLI with the project's shared behaviour; see the module docstring.
-
-    Args:
-        model_class: The app's LightningModule.
-        datamodule_class: The app's LightningDataModule.
-        name: App name: runs go to ``runs/<name>``.
-        config: The app's ``config.yaml``.
-        monitor: Validation metric that picks the best checkpoint.
-        mode: ``max`` or ``min`` for ``monitor``.
-        links: DataModule attributes passed to the model argument of the same name.
-        args: Command-line arguments (``sys.argv`` when None); tests pass a list.
+    """LightningCLI with the project's shared behaviour (the module docstring): ``model_class`` and
+    ``datamodule_class`` are the app's, runs go to ``runs/<name>``, ``config`` is its config.yaml,
+    ``monitor`` (``mode`` max or min) picks the best checkpoint, ``links`` are DataModule attributes
+    passed to the model argument of the same name, and ``args`` replace ``sys.argv`` (tests pass a list).
     """
 
     def __init__(self, model_class: type[LightningModule], datamodule_class: type[LightningDataModule], *, name: str,
@@ -136,21 +126,22 @@ class AppCLI(LightningCLI):
         """Parse with the app's config.yaml as the first ``--config``, so a later one overrides it; then
         take the data settings from ``--ckpt_path`` (Lightning takes the model's right after)."""
         args = list(sys.argv[1:] if args is None else args)
-        if args and args[0] in SUBCOMMANDS:
+        if args and args[0] in ("fit", "validate", "test", "predict"):
             args[1:1] = ["--config", self.app_config]
         self.config = parser.parse_args(args)
         subcommand = self.config.get("subcommand")
         if subcommand:
-            self.apply_checkpoint(subcommand, self.config[subcommand])
-            for entry in self.config[subcommand]["trainer"].get("logger") or []:
-                if issubclass(logger_class(entry) or object, loggers.WandbLogger):
+            self.apply_checkpoint(subcommand)
+            for entry, kind in logger_entries(self.config[subcommand]):
+                if issubclass(kind, loggers.WandbLogger):
                     entry.init_args.offline = wandb_offline(entry.init_args.offline)
                     # absolute: wandb keeps a process's first working directory for later runs
                     entry.init_args.save_dir = os.path.abspath(entry.init_args.save_dir)
 
-    def apply_checkpoint(self, subcommand: str, config: Any) -> None:
+    def apply_checkpoint(self, subcommand: str) -> None:
         """Check ``--ckpt_path`` and take the DataModule's settings from it (dataset, split seed,
         tokenizer) wherever the command line left the app's default; for ``fit``, continue its run."""
+        config = self.config[subcommand]
         if config.get("weights_only") is None:
             config["weights_only"] = True  # never unpickle arbitrary objects from a file
         ckpt_path = config.get("ckpt_path")
@@ -165,8 +156,11 @@ class AppCLI(LightningCLI):
         for key, value in checkpoint.get("datamodule_hyper_parameters", {}).items():
             if f"data.{key}" in config and config[f"data.{key}"] == defaults.get(f"data.{key}"):
                 config[f"data.{key}"] = value
+        # The model's settings too, as Lightning does right after, but a bad one is our one-line error.
+        model = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
+        self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config) if model else self.config
         if subcommand == "fit":
-            self.continue_run(config, Path(ckpt_path), checkpoint)
+            self.continue_run(self.config[subcommand], Path(ckpt_path), checkpoint)
 
     def read_checkpoint(self, ckpt_path: str) -> dict[str, Any]:
         """Load ``ckpt_path`` as tensors and plain data only, and check that this app wrote it."""
@@ -195,9 +189,8 @@ class AppCLI(LightningCLI):
         its checkpoints can be in, as ModelCheckpoint picks them."""
         if config["checkpoint"].get("dirpath"):
             return None, [Path(config["checkpoint"]["dirpath"])]
-        entries = config["trainer"].get("logger")
-        first = entries[0] if isinstance(entries, list) and entries else None
-        if first is not None and issubclass(logger_class(first) or object, loggers.CSVLogger):
+        first, kind = (logger_entries(config) or [(None, object)])[0]
+        if issubclass(kind, loggers.CSVLogger):
             root = Path(first.init_args.save_dir, first.init_args.name)
             return root, sorted(root.glob("version_*/checkpoints"))
         return None, [Path(config["trainer"]["default_root_dir"], "checkpoints")]
@@ -219,12 +212,11 @@ class AppCLI(LightningCLI):
         root, _ = self.run_folders(config)
         version = ckpt_path.resolve().parent.parent  # .../version_N/checkpoints/last.ckpt
         wandb_id = (checkpoint.get("run") or {}).get("wandb_id")
-        for entry in config["trainer"].get("logger") or []:
-            kind = logger_class(entry) or object
+        for entry, kind in logger_entries(config):
             if issubclass(kind, loggers.CSVLogger) and root and version.parent == root.resolve():
                 entry.init_args.version = int(version.name.removeprefix("version_"))
             if issubclass(kind, loggers.WandbLogger) and wandb_id:
-                entry.init_args.id = wandb_id  # Lightning's W&B logger resumes "allow": this run, or new
+                entry.init_args.id, entry.init_args.resume = wandb_id, "allow"  # continue this run, or start it so
 
     def after_instantiate_classes(self) -> None:
         for logger in self.trainer.loggers:

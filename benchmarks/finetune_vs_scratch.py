@@ -5,12 +5,12 @@
 
 Offline digits 5-9, 10 labelled training images per class, all of the seeded split's test images
 of 5-9. Finetuned: `python -m apps.finetune fit` defaults (LeNet pretrained on digits 0-4 by the
-recipe in ``models.finetune.RECIPES``, a new head, all of it trained at the head's learning rate
+recipe in ``apps.finetune.PRETRAIN``, a new head, all of it trained at the head's learning rate
 from the first epoch). Scratch: the same network, the same labelled images, batches, epochs,
 learning rates and checkpoint rule (lowest val/loss), from random weights; its options say so
 explicitly, so they hold whatever the finetuning defaults become. Thirteen seeds; each draws its
-own split and labelled images. With three (the row's number until 2026-12-02) the verdict flipped
-between runs on rounding alone: the two arms differ by less than one seed's spread.
+own split and labelled images: with three, the verdict flipped between runs on rounding alone (the
+two arms differ by less than one seed's spread; docs/finetune.md).
 Goal: finetuned above scratch on the mean.
 """
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

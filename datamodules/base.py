@@ -106,7 +106,7 @@ class OfflineDataModule(LightningDataModule):
     download_name = ""  # the dataset `prepare_data` downloads; "" for none
     download_url = ""
     fallback_name = ""  # what `auto` uses when the downloadable dataset cannot be had
-    collate_fn: Callable | None = None  # the DataLoader's collate_fn; None: torch's default_collate
+    collate_fn: Callable | None = None  # the DataLoader's collate_fn (a staticmethod); None: torch's default
 
     def __init__(self) -> None:
         super().__init__()

@@ -192,9 +192,6 @@ class DigitsDataModule(OfflineDataModule):
     collate_fn = staticmethod(keep_batch)
     image_shape = (1, 28, 28)
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
     def label_names(self) -> list[str]:
         return [str(digit) for digit in self.hparams.classes or range(10)]

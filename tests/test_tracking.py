@@ -69,3 +69,39 @@ def test_train_loss_is_the_mean_since_the_last_logger_write(tmp_path: Path) -> N
     assert logged.keys() == windows.keys()
     for step, window in windows.items():
         assert logged[step] == pytest.approx(sum(kept.losses[i] for i in window) / len(window), rel=1e-5)
+
+
+def test_one_logger_instead_of_the_list(tmp_path: Path, monkeypatch) -> None:
+    """``--trainer.logger`` may name a single logger; W&B still goes offline by itself."""
+    import apps.mnist.__main__ as mnist_app
+
+    monkeypatch.chdir(tmp_path)
+    mnist_app.main(["fit", "--data.dataset=digits", "--trainer.logger=lightning.pytorch.loggers.WandbLogger",
+                    "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+                    "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false"])
+    assert len(list(tmp_path.glob("wandb/offline-run-*"))) == 1
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path, monkeypatch) -> None:
+    """The resumed run asks W&B for the checkpoint's run id with resume "allow" (online: that run,
+    continued; not a new one)."""
+    import apps.mnist.__main__ as mnist_app
+    from lightning.pytorch import loggers
+
+    started = []
+    real_init = loggers.WandbLogger.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        started.append(dict(self._wandb_init))
+
+    monkeypatch.setattr(loggers.WandbLogger, "__init__", init)
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--data.dataset=digits", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+            "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false"]
+    mnist_app.main(["fit", *tiny, "--trainer.max_epochs=1"])
+    mnist_app.main(["fit", *tiny, "--trainer.max_epochs=2", "--ckpt_path", "last"])
+    first, resumed = started
+    assert first["id"] is None and resumed["id"] and resumed["resume"] == "allow"
+    (offline,) = {path.name.rsplit("-", 1)[1] for path in tmp_path.glob("runs/mnist/wandb/offline-run-*")}
+    assert offline == resumed["id"]

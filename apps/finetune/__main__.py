@@ -11,13 +11,13 @@ in ``PRETRAIN`` run in this process; run it yourself to make one ahead.
 """
 
 import contextlib
+import importlib
+import os
 import sys
 from pathlib import Path
 
 from lightning.pytorch import seed_everything
 
-import apps.autoencoder.__main__ as autoencoder_app
-import apps.mnist.__main__ as mnist_app
 from apps.cli import AppCLI, run_app
 from datamodules.base import DataError
 from datamodules.images import ImageDataModule
@@ -28,23 +28,26 @@ from models.finetune import FinetuneClassifier
 # within two epochs and a tie never replaces that early epoch); the autoencoder learns every digit.
 PRETRAIN = {
     "runs/pretrained/lenet-digits-0-4.ckpt": (
-        mnist_app, ["--data.classes=[0,1,2,3,4]", "--checkpoint.monitor=val/loss", "--checkpoint.mode=min"]
+        "apps.mnist", ["--data.classes=[0,1,2,3,4]", "--checkpoint.monitor=val/loss", "--checkpoint.mode=min"]
     ),
-    "runs/pretrained/autoencoder-digits.ckpt": (autoencoder_app, []),
+    "runs/pretrained/autoencoder-digits.ckpt": ("apps.autoencoder", []),
 }
 
 
 def pretrain(path: str) -> None:
-    """Make the ``PRETRAIN`` backbone checkpoint ``path`` by running its app in this process."""
+    """Make the ``PRETRAIN`` backbone checkpoint ``path`` by running its app in this process (never in
+    one of several processes that a launcher started: they would all make it at once)."""
     app, args = PRETRAIN[path]
     target = Path(path)
     args = ["fit", *args, "--trainer.logger=false", "--trainer.enable_progress_bar=false",
             f"--checkpoint.dirpath={target.parent}", f"--checkpoint.filename={target.stem}", "--checkpoint.save_last=false"]
-    command = f"python -m {app.__spec__.parent} {' '.join(args)}"
+    command = f"python -m {app} {' '.join(args)}"
+    if int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1:
+        raise DataError(f"--model.backbone {path}: no such file; make it first, in one process, with `{command}`")
     print(f"[backbone] {path} is missing: making it with `{command}`", file=sys.stderr, flush=True)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout keeps this run's own report
-            app.main(args)
+            importlib.import_module(f"{app}.__main__").main(args)
     except SystemExit as err:
         raise DataError(f"making the backbone {path} failed (exit code {err.code}); run `{command}` to see why") from None
 
@@ -60,7 +63,7 @@ class FinetuneCLI(AppCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand or "", {})
         backbone = config.get("model.backbone") if self.subcommand == "fit" else None
-        if backbone in PRETRAIN and config["model.pretrained"] and not Path(backbone).is_file():
+        if backbone in PRETRAIN and not Path(backbone).is_file():  # its architecture is needed even untrained
             pretrain(backbone)
             seed = config["seed_everything"]
             if seed is not False:

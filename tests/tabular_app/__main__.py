@@ -75,7 +75,7 @@ class TabularDataModule(OfflineDataModule):
         if self.hparams.predict_path is None:
             raise DataError("predict needs --data.predict_path: a CSV file of rows without the label")
         self.splits["predict"] = TensorDataset(torch.tensor(read_rows(self.hparams.predict_path), dtype=torch.float))
-        return Path(self.hparams.predict_path).read_text(encoding="utf-8").split()[1:]
+        return [line for line in Path(self.hparams.predict_path).read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
 
 
 class TabularClassifier(Classifier):
@@ -88,7 +88,7 @@ class TabularClassifier(Classifier):
         optimizer: Optimizer class and arguments.
     """
 
-    def __init__(self, label_names: list[str], num_features: int = 13, hidden_size: int = 32,
+    def __init__(self, label_names: list[str], num_features: int, hidden_size: int = 32,
                  optimizer: OptimizerCallable = torch.optim.AdamW) -> None:
         super().__init__(label_names, optimizer)
         self.net = nn.Sequential(nn.BatchNorm1d(num_features), nn.Linear(num_features, hidden_size), nn.ReLU(),
