@@ -124,7 +124,7 @@ class AppCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str] | None) -> None:
         """Parse with the app's config.yaml as the first ``--config``, so a later one overrides it; then
-        take the data settings from ``--ckpt_path`` (Lightning takes the model's right after)."""
+        take the settings of ``--ckpt_path`` and decide whether W&B runs offline."""
         args = list(sys.argv[1:] if args is None else args)
         if args and args[0] in ("fit", "validate", "test", "predict"):
             args[1:1] = ["--config", self.app_config]
@@ -139,8 +139,9 @@ class AppCLI(LightningCLI):
                     entry.init_args.save_dir = os.path.abspath(entry.init_args.save_dir)
 
     def apply_checkpoint(self, subcommand: str) -> None:
-        """Check ``--ckpt_path`` and take the DataModule's settings from it (dataset, split seed,
-        tokenizer) wherever the command line left the app's default; for ``fit``, continue its run."""
+        """Check ``--ckpt_path`` and take the model's settings from it, and the DataModule's (dataset,
+        split seed, tokenizer) wherever the command line left the app's default; for ``fit``, continue
+        its run. (Lightning's own parsing then loads the file once more and applies the same settings.)"""
         config = self.config[subcommand]
         if config.get("weights_only") is None:
             config["weights_only"] = True  # never unpickle arbitrary objects from a file
