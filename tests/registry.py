@@ -196,7 +196,7 @@ APPS = {
     ),
     "sentiment": App(
         module="apps.sentiment.__main__",
-        data=["--data.dataset=tweets", "--data.vocab_size=5000"],
+        data=["--data.dataset=tweets", "--data.vectors=null", "--data.max_vocab_size=5000"],
         train=["--trainer.max_epochs=2", "--trainer.limit_train_batches=60", "--trainer.limit_val_batches=10",
                "--model.embedding_dim=32", "--model.hidden_size=32"],
         test=["--trainer.limit_test_batches=10"],

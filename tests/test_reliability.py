@@ -56,7 +56,7 @@ def app_args(app: str, data_folder: Path) -> list[str]:
         return ["--data.dataset=digits", "--trainer.limit_train_batches=8"]
     path = sentiment_csv(data_folder)
     return [
-        "--data.dataset=csv", f"--data.path={path}", "--data.batch_size=16",
+        "--data.dataset=csv", f"--data.path={path}", "--data.vectors=null", "--data.batch_size=16",
         "--model.embedding_dim=16", "--model.hidden_size=16",
     ]
 

@@ -49,7 +49,8 @@ def write_csv(path: Path, rows: int = 60, text: str = "review", label: str = "mo
 
 
 def prepared(**kwargs) -> SentimentDataModule:
-    dm = SentimentDataModule(**kwargs)
+    """A DataModule with a trained tokenizer (no pretrained vectors), prepared and set up for fit."""
+    dm = SentimentDataModule(**{"vectors": None, **kwargs})
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -289,7 +290,7 @@ def test_tokenizer_and_classes_travel_in_the_checkpoint(tmp_path: Path, tokenize
     csv = write_csv(tmp_path / "reviews.csv")
     glove = tmp_path / "glove.txt"
     glove.write_text("great 1 1 1 1 1 1 1 1\n")
-    options = dict(dataset="csv", path=str(csv), text_column="review", label_column="mood", vocab_size=40, batch_size=8,
+    options = dict(dataset="csv", path=str(csv), text_column="review", label_column="mood", max_vocab_size=40, batch_size=8, vectors=None,
                    tokenizer=tokenizer, tweet_normalization=tokenizer == "wordpiece")
     dm = SentimentDataModule(**options)
     model = model_for(dm, glove_path=str(glove))
@@ -338,7 +339,8 @@ def test_gradients_are_clipped_to_the_app_default(tmp_path: Path) -> None:
     config = yaml.safe_load(Path(sentiment_app.__file__).with_name("config.yaml").read_text())
     clip = config["trainer"]["gradient_clip_val"]
     assert clip == 1.0
-    dm = SentimentDataModule(dataset="csv", path=str(write_csv(tmp_path / "r.csv")), text_column="review", label_column="mood")
+    dm = SentimentDataModule(dataset="csv", path=str(write_csv(tmp_path / "r.csv")), text_column="review", label_column="mood",
+                             vectors=None)
     model = model_for(dm)
     with torch.no_grad():
         model.net.head.weight.mul_(1000)  # huge logits: huge gradients

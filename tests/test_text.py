@@ -164,7 +164,7 @@ def test_exact_tokenizer_keeps_the_text_and_frames_it_with_the_template(kind: st
 def test_datamodules_token_ids_are_their_tokenizers(tmp_path) -> None:
     rows = ["text,label"] + [f"{'great' if i % 2 else 'dull'} film {i},{i % 2}" for i in range(40)]
     (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
-    sentiment = SentimentDataModule(dataset="csv", path=str(tmp_path / "r.csv"), min_frequency=1)
+    sentiment = SentimentDataModule(dataset="csv", path=str(tmp_path / "r.csv"), min_frequency=1, vectors=None)
     sentiment.setup("fit")
     assert (sentiment.pad_id, sentiment.unk_id) == (0, 1)
     assert (sentiment.pad_id, sentiment.unk_id) == tuple(sentiment.tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]"))
