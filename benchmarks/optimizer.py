@@ -81,7 +81,7 @@ def fused_row(net: str, epoch: partial, model: nn.Module, settings: dict, repeat
 def fused_adamw(quick: bool) -> list[Row]:
     images, texts, repeats, steps = (2_000, 512, 3, 50) if quick else (20_000, 4_096, 5, 300)
     digits = TensorBatches(*mnist_shaped_digits(images))
-    tweets = SentimentDataModule(dataset="tweets", batch_size=LSTM_BATCH)
+    tweets = SentimentDataModule(dataset="tweets", vectors=None, batch_size=LSTM_BATCH)
     tweets.setup("fit")
     train_texts, labels = tweets.texts["train"]
     tweets.texts["train"] = (train_texts[:texts], labels[:texts])

@@ -221,7 +221,7 @@ def lstm_plain_loop(datamodule: SentimentDataModule, epochs: int, adamw: dict | 
 
 def lstm_overhead(quick: bool) -> Row:
     n, epochs, repeats = (1_024, 1, 3) if quick else (None, 1, 5)
-    datamodule = SentimentDataModule(dataset="tweets", batch_size=LSTM_BATCH)
+    datamodule = SentimentDataModule(dataset="tweets", vectors=None, batch_size=LSTM_BATCH)
     datamodule.setup("fit")  # reads the tweets and trains the tokenizer, once
     texts, labels = datamodule.texts["train"]
     datamodule.texts["train"] = (texts[:n], labels[:n])
