@@ -194,6 +194,7 @@ class SentimentDataModule(OfflineDataModule):
     """
 
     download_name, download_url, fallback_name = "imdb", IMDB_URL, "tweets"
+    inline_inputs = "predict_texts"
     pad_id, unk_id = PAD_ID, UNK_ID  # the tokenizer's fixed ids, linked into the model
 
     def __init__(
@@ -339,6 +340,8 @@ class SentimentDataModule(OfflineDataModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        if stage == "predict":
+            self.encoded.pop("predict", None)  # the inputs just read, not those of an earlier predict
         if stage == "fit" and self.tokenizer is None:
             h = self.hparams
             normalizer = "tweets" if h.tweet_normalization else "english"
