@@ -28,6 +28,7 @@ from benchmarks.harness import Row, machine, not_measured
 from benchmarks.optimizer import fused_adamw
 from benchmarks.overhead import lenet_overhead, lstm_overhead
 from benchmarks.scaling import scaling
+from benchmarks.serving import serving
 from benchmarks.tokenization import tokenization
 
 Measure = Callable[[bool], Row | list[Row]]
@@ -55,6 +56,7 @@ MEASURES: list[tuple[str, Measure]] = [
     ("decoding", decoding),
     ("fused AdamW", fused_adamw),
     ("scaling", scaling),
+    ("serving", serving),
     ("MNIST baseline", mnist_baseline.row),
     ("sentiment baseline", provided("sentiment_baseline", "row", "Quality: LSTM vs TF-IDF + logistic regression")),
     ("AE vs PCA", ae_vs_pca.row),
