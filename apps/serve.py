@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import warnings
 import socket
 import sys
+import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -148,7 +148,7 @@ class RequestCheck:
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
+        if scope["path"] == "/" and scope["method"] == "GET":
             page = PAGE.read_text(encoding="utf-8").replace("{{title}}", self.title)
             page = page.replace("{{attention}}", "true" if self.attention else "false")
             return await respond(send, 200, page.encode(), b"text/html; charset=utf-8")
@@ -184,9 +184,10 @@ class RequestCheck:
         unknown = sorted(set(request) - {"inputs", "attention"})
         if unknown:
             return 422, f"unknown keys {unknown}: a request has \"inputs\"" + (' and "attention"' if self.attention else "")
-        if "attention" in request and (not self.attention or not isinstance(request["attention"], bool)):
-            return 422, '"attention" is true or false, for a model that has attention' if self.attention else \
-                "this model has no attention to show"
+        if "attention" in request and not self.attention:
+            return 422, "this model has no attention to show"
+        if not isinstance(request.get("attention", False), bool):
+            return 422, '"attention" is true or false'
         texts = request["inputs"]
         if not isinstance(texts, list) or not texts:
             return 422, f'"inputs" must be a non-empty list of texts, not {json.dumps(texts)[:40]}'
@@ -294,9 +295,9 @@ class ServingTrainer(Trainer):
         if batch_timeout < 0:
             raise DataError(f"--batch_timeout={batch_timeout}: must not be negative")
         check_port(host, port)
-        for name in ("optimizer", "scheduler"):  # training only; they refer to this process's Trainer and loggers
-            if hasattr(model, name):
-                setattr(model, name, None)
+        for attribute in ("optimizer", "scheduler"):  # training only; they refer to this process's Trainer and loggers
+            if hasattr(model, attribute):
+                setattr(model, attribute, None)
         api = PredictAPI(model, datamodule, ckpt_path, weights_only, self.precision, max_batch_size, batch_timeout)
         attention = callable(getattr(model, "greedy_attention", None)) and getattr(model.hparams, "attention", "") != "none"
         check = (RequestCheck, {"datamodule": datamodule, "title": type(model).__name__, "max_inputs": max_inputs,

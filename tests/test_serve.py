@@ -36,7 +36,7 @@ FIT = {
     "sentiment": ["--data.dataset=tweets", "--data.vocab_size=2000", "--trainer.limit_train_batches=20",
                   "--model.embedding_dim=16", "--model.hidden_size=16"],
     "translate": ["--data.dataset=cldr", "--data.size=400", "--model.embedding_dim=16", "--model.hidden_size=16",
-                  "--model.beam_size=2"],
+                  "--model.beam_size=2", "--model.max_length=12"],
 }
 MAX_INPUTS, MAX_BODY = 32, 1 << 16
 
@@ -82,7 +82,7 @@ class Server:
         self.log = open(folder / f"{name}-serve.log", "w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"apps.{name}", "serve", f"--ckpt_path={ckpt}", "--host=127.0.0.1",
-             f"--port={self.port}", f"--max_inputs={MAX_INPUTS}", f"--max_body_bytes={MAX_BODY}"],
+             f"--port={self.port}", f"--max_inputs={MAX_INPUTS}", f"--max_body_bytes={MAX_BODY}", "--trainer.logger=false"],
             cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
 
@@ -113,7 +113,8 @@ def alive(pid: int) -> bool:
 
 def fit(name: str, folder: Path) -> Path:
     """A small checkpoint of the app, fit in-process."""
-    args = ["fit", *FIT[name], "--trainer.max_epochs=1", "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=1",
+    args = ["fit", *FIT[name], "--trainer.max_epochs=1", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+            "--trainer.num_sanity_val_steps=0",
             "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--checkpoint.dirpath={folder}"]
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
         mp.chdir(folder.parent)
