@@ -1,7 +1,7 @@
 """Measured comparisons, side by side in one run; writes BENCHMARKS.md and prints it.
 
     python -m benchmarks            # the full run (tens of minutes on 2 CPU cores)
-    python -m benchmarks --quick    # a smoke run of about 2 minutes, small sizes; CI runs this one
+    python -m benchmarks --quick    # a smoke run of a few minutes, small sizes; CI runs this one
     python -m benchmarks --only overhead --output /tmp/overhead.md   # the rows whose label has "overhead"
 
 Every ratio is the median over interleaved rounds, with the lowest and highest round in brackets.

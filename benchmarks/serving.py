@@ -55,7 +55,7 @@ def start(checkpoint: str, max_batch_size: int, workdir: str) -> tuple[subproces
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "apps.sentiment", "serve", f"--ckpt_path={checkpoint}", f"--port={port}",
-               f"--max_batch_size={max_batch_size}"]
+               f"--max_batch_size={max_batch_size}", "--trainer.logger=false"]
     return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port
 
 
