@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -237,15 +238,22 @@ def check_port(host: str, port: int) -> None:
             raise DataError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
 
 
-def stop_on_sigterm(server_pid: int) -> None:
-    """SIGTERM stops the server as Ctrl+C does: LitServe then stops its HTTP servers and workers. Once:
-    a second SIGTERM does not cut that short. The HTTP server processes, forked from this one, end quietly."""
+def stop_on_sigterm(server: ls.LitServer) -> None:
+    """SIGTERM stops the server as LitServe's own shutdown endpoint does: by setting its shutdown event,
+    after which it stops its HTTP servers and workers (a second SIGTERM is ignored). Raising
+    ``KeyboardInterrupt`` instead would leave LitServe's worker monitor running while the workers stop,
+    and it would shut down a second time. ``_shutdown_event`` is private; the SIGTERM test in
+    ``tests/test_serve.py`` fails when it changes. The HTTP server processes, forked from this one, end quietly."""
+    server_pid = os.getpid()
 
     def handler(signum: int, frame: Any) -> None:
         if os.getpid() != server_pid:
             raise SystemExit(0)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
+        event = server._shutdown_event
+        if event is None:  # still starting: stop as on Ctrl+C
+            raise KeyboardInterrupt
+        threading.Thread(target=event.set).start()  # a manager proxy: not from the thread waiting on it
 
     signal.signal(signal.SIGTERM, handler)
 
@@ -304,7 +312,7 @@ class ServingTrainer(Trainer):
                                 "max_body_bytes": max_body_bytes, "attention": attention})
         accelerator = "cuda" if self.strategy.root_device.type == "cuda" else "cpu"
         server = ls.LitServer(api, accelerator=accelerator, workers_per_device=workers, middlewares=[check])
-        stop_on_sigterm(os.getpid())
+        stop_on_sigterm(server)
         print(f"serving {ckpt_path} on http://{host}:{port} (page: /, POST /predict, GET /health)", file=sys.stderr, flush=True)
         server.run(host=host, port=port, generate_client_file=False, log_level="warning")
         print("server stopped", file=sys.stderr, flush=True)
