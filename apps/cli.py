@@ -1,4 +1,4 @@
-"""The LightningCLI every app is: ``python -m apps.<name> fit|validate|test|predict``.
+"""The LightningCLI every app is: ``python -m apps.<name> fit|validate|test|predict|serve`` (``apps/serve.py``).
 
 Once for all apps: the app's ``config.yaml`` as defaults; a ``ModelCheckpoint`` on the app's validation
 metric plus ``last.ckpt``; CSV and W&B loggers (W&B offline by itself without credentials); ``fit`` ends
@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from apps.callbacks import CheckpointRoom, EpochSeeds, FiniteLoss, PredictionWriter, RunRecord, TrainingStopped, rows_until
+from apps.serve import ServingTrainer
 from datamodules.base import DataError
 
 # Lightning 2.6 calls a pytree API that torch 2.14 deprecates; nothing for a user to act on.
@@ -110,9 +111,14 @@ class AppCLI(LightningCLI):
         csv_logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": name}}
         wandb_logger = {"class_path": "lightning.pytorch.loggers.WandbLogger",
                         "init_args": {"project": f"lightning-apps-{name}", "save_dir": root}}
-        super().__init__(model_class, datamodule_class, parser_class=ArgumentParser, save_config_callback=LoggedConfig,
+        super().__init__(model_class, datamodule_class, trainer_class=ServingTrainer, parser_class=ArgumentParser, save_config_callback=LoggedConfig,
                          save_config_kwargs={"overwrite": True}, seed_everything_default=42, auto_configure_optimizers=False,
                          trainer_defaults={"default_root_dir": root, "logger": [csv_logger, wandb_logger]}, args=args)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands and ``serve`` (``apps/serve.py``)."""
+        return {**LightningCLI.subcommands(), "serve": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -126,7 +132,7 @@ class AppCLI(LightningCLI):
         """Parse with the app's config.yaml as the first ``--config``, so a later one overrides it; then
         take the settings of ``--ckpt_path`` and decide whether W&B runs offline."""
         args = list(sys.argv[1:] if args is None else args)
-        if args and args[0] in ("fit", "validate", "test", "predict"):
+        if args and args[0] in self.subcommands():
             args[1:1] = ["--config", self.app_config]
         self.config = parser.parse_args(args)
         subcommand = self.config.get("subcommand")

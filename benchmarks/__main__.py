@@ -1,7 +1,7 @@
 """Measured comparisons, side by side in one run; writes BENCHMARKS.md and prints it.
 
     python -m benchmarks            # the full run (tens of minutes on 2 CPU cores)
-    python -m benchmarks --quick    # a smoke run of about 2 minutes, small sizes; CI runs this one
+    python -m benchmarks --quick    # a smoke run of a few minutes, small sizes; CI runs this one
     python -m benchmarks --only overhead --output /tmp/overhead.md   # the rows whose label has "overhead"
 
 Every ratio is the median over interleaved rounds, with the lowest and highest round in brackets.
@@ -28,6 +28,7 @@ from benchmarks.harness import Row, machine, not_measured
 from benchmarks.optimizer import fused_adamw
 from benchmarks.overhead import lenet_overhead, lstm_overhead
 from benchmarks.scaling import scaling
+from benchmarks.serving import serving
 from benchmarks.tokenization import tokenization
 
 Measure = Callable[[bool], Row | list[Row]]
@@ -55,6 +56,7 @@ MEASURES: list[tuple[str, Measure]] = [
     ("decoding", decoding),
     ("fused AdamW", fused_adamw),
     ("scaling", scaling),
+    ("serving", serving),
     ("MNIST baseline", mnist_baseline.row),
     ("sentiment baseline", provided("sentiment_baseline", "row", "Quality: LSTM vs TF-IDF + logistic regression")),
     ("AE vs PCA", ae_vs_pca.row),

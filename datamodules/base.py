@@ -97,6 +97,9 @@ class OfflineDataModule(LightningDataModule):
     Its ``__init__`` takes typed arguments with defaults, among them ``dataset``, ``batch_size`` and
     ``num_workers`` (the CLI's ``--data.*`` options), and calls ``save_hyperparameters()``.
 
+    A DataModule whose ``load_predict`` also takes texts from a list option names it in
+    ``inline_inputs`` (e.g. ``predict_texts``); ``serve`` (``apps/serve.py``) puts each request there.
+
     It exposes ``predict_inputs``: a name for each predict input (a file name, the text itself), in
     input order, which predict batches keep; the apps write it beside each prediction. What the model
     is built from (``label_names``, ``vocab_size``, ``input_stats``, token ids such as ``pad_id``) are
@@ -106,6 +109,7 @@ class OfflineDataModule(LightningDataModule):
     download_name = ""  # the dataset `prepare_data` downloads; "" for none
     download_url = ""
     fallback_name = ""  # what `auto` uses when the downloadable dataset cannot be had
+    inline_inputs = ""  # the option (hparam) that gives `load_predict` its texts inline; "" for files only
     collate_fn: Callable | None = None  # the DataLoader's collate_fn (a staticmethod); None: torch's default
 
     def __init__(self) -> None:

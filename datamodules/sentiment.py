@@ -223,6 +223,7 @@ class SentimentDataModule(OfflineDataModule):
     """
 
     download_name, download_url, fallback_name = "imdb", IMDB_URL, "tweets"
+    inline_inputs = "predict_texts"
     pad_id = PAD_ID  # padding's id in every tokenizer here, linked into the model
 
     def __init__(
@@ -483,6 +484,8 @@ class SentimentDataModule(OfflineDataModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        if stage == "predict":
+            self.encoded.pop("predict", None)  # the inputs just read, not those of an earlier predict
         if stage == "fit" and self.tokenizer is None and self.hparams.vectors is not None:
             self.tokenizer = self.pretrained_tokenizer()
         elif stage == "fit" and self.tokenizer is None:

@@ -164,6 +164,7 @@ class TranslationDataModule(OfflineDataModule):
     """
 
     download_name, download_url, fallback_name = "tsv", TSV_URL, "cldr"
+    inline_inputs = "sentences"
     pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID  # both tokenizers' fixed ids, linked into the model
 
     def __init__(

@@ -135,19 +135,22 @@ class Translator(TrainingModule):
             self.collect_attention(batch)
 
     def collect_attention(self, batch: dict[str, Any]) -> None:
-        """Greedy attention weights of the first ``attention_plots`` sentences, with their tokens."""
+        """Keep the attention of the batch's first ``attention_plots`` sentences for the test's heatmaps."""
         n = self.hparams.attention_plots
-        source, lengths = batch["source"][:n], batch["source_lengths"][:n]
-        tokens, _, weights = self.net.greedy(source, lengths, self.hparams.max_length)  # (n, L, S)
-        data = self.trainer.datamodule
+        self.attention_maps += self.greedy_attention({"source": batch["source"][:n], "source_lengths": batch["source_lengths"][:n]})
+
+    def greedy_attention(self, batch: dict[str, Any]) -> list[tuple[list[str], list[str], torch.Tensor]]:
+        """Per sentence of the batch: its source tokens, its greedy translation's tokens up to ``[EOS]``,
+        and the attention weights (output tokens, source tokens). Also what ``serve`` shows."""
+        source, lengths = batch["source"], batch["source_lengths"]
+        tokens, _, weights = self.net.greedy(source, lengths, self.hparams.max_length)  # (B, L, S)
+        data, eos, maps = self.trainer.datamodule, self.hparams.eos_id, []
         for row in range(len(source)):
             s = int(lengths[row])
             out = tokens[row].tolist()
-            eos = self.hparams.eos_id
             t = out.index(eos) + 1 if eos in out else len(out)  # the translation and its [EOS]
-            self.attention_maps.append(
-                (data.tokens(source[row, :s].tolist(), "source"), data.tokens(out[:t], "target"), weights[row, :t, :s].cpu())
-            )
+            maps.append((data.tokens(source[row, :s].tolist(), "source"), data.tokens(out[:t], "target"), weights[row, :t, :s].cpu()))
+        return maps
 
     def on_test_epoch_start(self) -> None:
         self.samples, self.attention_maps = [], []

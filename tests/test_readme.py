@@ -23,7 +23,7 @@ def commands() -> list[str]:
     lines += re.findall(r"`(python -m apps\.[^`]+)`", BLOCKS.sub("", README))
     found = [line.split(" #")[0].strip() for line in lines]
     # A command runs a subcommand; the apps table names bare modules.
-    return [command for command in found if re.match(r"python -m apps\.\w+ (fit|validate|test|predict)\b", command)]
+    return [command for command in found if re.match(r"python -m apps\.\w+ (fit|validate|test|predict|serve)\b", command)]
 
 
 def options() -> list[str]:

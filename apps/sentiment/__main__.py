@@ -5,6 +5,7 @@
     python -m apps.sentiment fit --data.dataset=csv --data.path=my_reviews.csv --data.label_column=stars
     python -m apps.sentiment test --ckpt_path runs/sentiment/version_0/checkpoints/last.ckpt
     python -m apps.sentiment predict --ckpt_path CKPT --data.predict_texts='["great film", "dull"]' --output predictions.csv
+    python -m apps.sentiment serve --ckpt_path CKPT --port 8000
 """
 
 from pathlib import Path

@@ -5,6 +5,7 @@
     python -m apps.translate fit --model.attention=none
     python -m apps.translate test --ckpt_path runs/translate/version_0/checkpoints/last.ckpt
     python -m apps.translate predict --ckpt_path CKPT --data.predict_path sentences.txt --output translations.csv
+    python -m apps.translate serve --ckpt_path CKPT --port 8000
 """
 
 from pathlib import Path
