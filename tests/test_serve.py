@@ -33,7 +33,7 @@ TEXTS = {
     "translate": ["three", "March 5, 2024", "  twelve   dogs ", "2024", LONG],  # predict skips a blank one: a 422 here
 }
 FIT = {
-    "sentiment": ["--data.dataset=tweets", "--data.vocab_size=2000", "--trainer.limit_train_batches=20",
+    "sentiment": ["--data.dataset=tweets", "--data.vectors=null", "--data.max_vocab_size=2000", "--trainer.limit_train_batches=20",
                   "--model.embedding_dim=16", "--model.hidden_size=16"],
     "translate": ["--data.dataset=cldr", "--data.size=400", "--model.embedding_dim=16", "--model.hidden_size=16",
                   "--model.beam_size=2", "--model.max_length=12"],
