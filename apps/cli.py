@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer, loggers
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -280,6 +280,7 @@ class AppCLI(LightningCLI):
     def continue_run(self, config: Any, ckpt_path: Path, checkpoint: dict[str, Any]) -> None:
         """Resume into the checkpoint's own run: its version folder and its W&B run id."""
         self.resumed = {"epoch": checkpoint.get("epoch", 0), "step": checkpoint.get("global_step", 0)}
+        self.run_config = recorded_config(checkpoint) or self.run_config  # the run keeps the settings it started with
         root, _ = self.run_folders(config)
         version = ckpt_path.resolve().parent.parent  # .../version_N/checkpoints/last.ckpt
         wandb_id = (checkpoint.get("run") or {}).get("wandb_id")
@@ -305,10 +306,10 @@ class AppCLI(LightningCLI):
         own = list(trainer.get("callbacks") or [])
         callbacks = [*own, RunRecord(self.name, seed, json.dumps(self.run_config)), FiniteLoss(), CheckpointRoom()]
         callbacks += [EpochSeeds(seed)] if seed is not None else []
-        # Rich redraws in a terminal; in a log file (SLURM, CI) Lightning's own bar writes plain lines.
-        # A progress bar among the user's callbacks is theirs to keep.
-        if trainer.get("enable_progress_bar") is not False and sys.stdout.isatty() and not any(isinstance(c, ProgressBar) for c in own):
-            callbacks.append(RichProgressBar())
+        # Rich redraws in a terminal; in a log file (SLURM, CI) its redraws are noise, and TQDM writes
+        # lines. A progress bar among the user's callbacks is theirs to keep.
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in own):
+            callbacks.append(RichProgressBar() if sys.stdout.isatty() else TQDMProgressBar())
         callbacks += [LearningRateMonitor()] if trainer.get("logger") not in (False, None, []) else []
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 

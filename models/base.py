@@ -113,7 +113,8 @@ class TrainingModule(LightningModule):
         if stage == "train":
             self.train_loss(self, loss)
         else:
-            self.eval_loss[stage].update(loss.detach(), weight=batch_size or 1)
+            # one value per example: torchmetrics ignores `weight` when it keeps NaNs (nan_strategy="disable")
+            self.eval_loss[stage].update(loss.detach().expand(batch_size or 1))
             self.log(f"{stage}/loss", self.eval_loss[stage], prog_bar=True, on_step=False, on_epoch=True)
 
     def log_stage_metrics(self, stage: str) -> None:

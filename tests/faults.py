@@ -11,14 +11,30 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 class KillAt(Callback):
     """SIGKILLs the process at the start of batch ``batch`` of epoch ``epoch``: nothing is flushed or
-    saved, as when a machine dies."""
+    saved, as when a machine dies. ``group``: its whole process group, every DDP rank at once (start
+    the run in a session of its own)."""
 
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.epoch, self.batch = epoch, batch
+    def __init__(self, epoch: int, batch: int, group: bool = False) -> None:
+        self.epoch, self.batch, self.group = epoch, batch, group
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            if self.group:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonValidationAt(Callback):
+    """Turns one weight into NaN as the validation of epoch ``epoch`` starts (not the sanity check), so
+    ``val/loss`` is NaN while every training loss was finite."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")
 
 
 class PoisonAt(Callback):
