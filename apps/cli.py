@@ -1,9 +1,10 @@
 """The LightningCLI every app is: ``python -m apps.<name> fit|validate|test|predict``.
 
 Once for all apps: the app's ``config.yaml`` as defaults; a ``ModelCheckpoint`` on the app's validation
-metric plus ``last.ckpt``; CSV and W&B loggers (W&B offline by itself without credentials); ``fit`` ends
-by testing the best checkpoint; ``test``/``validate``/``predict`` need only ``--ckpt_path``; ``fit
---ckpt_path last`` continues the newest run; ``predict --output FILE``; bad input ends in one ``error:``
+metric plus ``last.ckpt``; CSV and W&B loggers (W&B offline by itself without credentials), all under
+``--trainer.default_root_dir`` (``runs/<name>``); ``fit`` ends by testing the best checkpoint;
+``test``/``validate``/``predict`` need only ``--ckpt_path``; ``fit --ckpt_path last`` continues the newest
+run of the same settings (or ``--run NAME``); ``predict --output FILE``; bad input ends in one ``error:``
 line and exit code 2, a run that cannot go on in exit code 1.
 """
 
