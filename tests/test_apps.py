@@ -221,6 +221,22 @@ def test_predict_never_overwrites_its_input(trained, tmp_path: Path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [source.name]  # no output, no temporary file
 
 
+def test_the_app_clips_gradients_to_its_configured_value(tmp_path: Path, monkeypatch) -> None:
+    """The sentiment app's config.yaml sets gradient_clip_val; a fit through the app clips to it."""
+    from faults import GradientNorms
+
+    app = APPS["sentiment"]
+    clip = yaml.safe_load(app.config_path.read_text())["trainer"]["gradient_clip_val"]
+    assert clip
+    monkeypatch.chdir(tmp_path)
+    run(app, "fit", *app.data, *[arg for arg in app.train if arg.startswith("--model.")], "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+        "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        '--trainer.callbacks+={"class_path": "faults.GradientNorms", "init_args": {"scale_last_layer": 1000}}')
+    assert len(GradientNorms.after) == 3 and min(GradientNorms.before) > 10 * clip
+    assert max(GradientNorms.after) <= clip * 1.001
+
+
 def test_default_root_dir_holds_everything_a_run_writes(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     output = run(APPS["mnist"], "fit", *APPS["mnist"].data, "--trainer.default_root_dir=out", "--trainer.max_epochs=1",
