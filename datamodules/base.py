@@ -216,7 +216,7 @@ class OfflineDataModule(LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         h = self.hparams
         data = self.dataset(split)
-        ranks = self.trainer.world_size if self.trainer is not None else 1
+        ranks = getattr(self.trainer, "world_size", 1)
         # Evaluation under DDP: each rank takes its own examples, none twice (Lightning would pad them).
         shard = EvalShard(data, ranks, self.trainer.global_rank) if split in ("val", "test") and ranks > 1 else None
         return DataLoader(

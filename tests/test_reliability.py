@@ -148,7 +148,7 @@ def test_a_resumed_offline_run_prints_the_sync_of_all_its_folders_in_order(runs:
     assert command == "wandb sync " + " ".join(map(str, (path.resolve() for path in started)))
     for path in started:  # each holds a transaction log of this run id
         (log,) = path.glob("run-*.wandb")
-        assert {r.run.run_id for r in records(log) if r.WhichOneof("record_type") == "run"} == {run_id}
+        assert log.name == f"run-{run_id}.wandb" and records(log)
 
 
 def test_last_with_nothing_to_resume_starts_a_new_run(tmp_path: Path, monkeypatch) -> None:
@@ -325,8 +325,8 @@ def mnist_checkpoint(tmp_path_factory) -> Path:
 def test_checkpoints_hold_plain_data_only(runs: Runs) -> None:
     """Loaded with weights_only=True (no pickled objects); the tokenizer and label names are data."""
     checkpoint = last_checkpoint(runs.folders["first"])
-    assert all(isinstance(name, str) for name in checkpoint["hyper_parameters"]["label_names"])
-    assert checkpoint["run"]["app"] in ("mnist", "sentiment")
+    assert all(isinstance(name, str) for name in checkpoint["hyper_parameters"].get("label_names", []))
+    assert checkpoint["run"]["app"] in ("mnist", "sentiment", "translate", "autoencoder", "finetune")
     if checkpoint["run"]["app"] == "sentiment":  # the DataModule's state: the tokenizer as JSON text
         assert '"vocab"' in checkpoint["SentimentDataModule"]["tokenizer"]
 
@@ -410,9 +410,8 @@ def test_two_nodes_launched_by_torchrun(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("runs/mnist/wandb/offline-run-*"))) == 1
     assert [p.name for p in tmp_path.glob("runs/mnist/version_*")] == ["version_0"]
     best = next(line.split(": ", 1)[1] for line in outputs[0].splitlines() if line.startswith("checkpoint: "))
-    # The test metrics are reduced over both ranks, each having seen half the test set: one process
-    # on the same checkpoint must print the same accuracy, up to the one test image that
-    # DistributedSampler repeats to give both ranks 180 of the 359.
+    # The test metrics are reduced over both ranks, one with 180 of the 359 test images, the other with
+    # 179 (none repeated): one process on the same checkpoint prints the same accuracy.
     alone = subprocess.run(
         [sys.executable, "-m", "apps.mnist", "test", f"--ckpt_path={best}", "--trainer.logger=false",
          "--trainer.enable_progress_bar=false"],
@@ -420,7 +419,7 @@ def test_two_nodes_launched_by_torchrun(tmp_path: Path) -> None:
     )
     assert alone.returncode == 0, alone.stderr[-2000:]
     both, one = printed_accuracy(outputs[0]), printed_accuracy(alone.stdout)
-    assert abs(both * 360 - one * 359) <= 1.01 and abs(both * 360 - round(both * 360)) < 0.02
+    assert both == one
 
 
 def printed_accuracy(output: str) -> float:
