@@ -28,24 +28,29 @@ class TrainingStopped(RuntimeError):
 
 
 class RunRecord(Callback):
-    """Adds ``checkpoint["run"]``: the app's name, the seed and the W&B run id (plain data, no pickles),
-    so ``fit --ckpt_path last`` continues the W&B run and ``test`` refuses another app's checkpoint."""
+    """Adds ``checkpoint["run"]``: the app's name, the seed, the W&B run id and the run's model, data and
+    seed settings as JSON text (plain data, no pickles), so ``fit --ckpt_path last`` continues the run
+    of the same settings and its W&B run, and ``test`` refuses another app's checkpoint."""
 
-    def __init__(self, app: str, seed: int | None) -> None:
-        self.app, self.seed = app, seed
+    def __init__(self, app: str, seed: int | None, config: str = "") -> None:
+        self.app, self.seed, self.config = app, seed, config
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         wandb_ids = [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        checkpoint["run"] = {"app": self.app, "seed": self.seed, "wandb_id": wandb_ids[0] if wandb_ids else None}
+        checkpoint["run"] = {"app": self.app, "seed": self.seed, "wandb_id": wandb_ids[0] if wandb_ids else None,
+                             "config": self.config}
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 32-bit seed for ``epoch`` of a run seeded with ``seed``."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A well-mixed 32-bit seed for ``epoch`` of process ``rank`` of a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 class EpochSeeds(Callback):
-    """Reseeds Python's, NumPy's and torch's generators from (seed, epoch) as each training epoch starts.
+    """Reseeds Python's, NumPy's and torch's generators from (seed, epoch, global rank) as each training
+    epoch starts: each DDP rank draws its own dropout masks and augmentations, and a resumed run draws
+    what an uninterrupted one does. (Samplers that shard the data over ranks keep their own seed, the
+    same on every rank.)
 
     A resumed run starts its first pass over the training data before its first epoch starts, where an
     uninterrupted run starts each pass after; two things make up for that. Training loaders get a
@@ -71,7 +76,7 @@ class EpochSeeds(Callback):
             restart_training_pass(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        seed = epoch_seed(self.seed, trainer.current_epoch)
+        seed = epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank)
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # every device's generator too
@@ -113,8 +118,8 @@ class FiniteLoss(Callback):
 
 class PredictionWriter(BasePredictionWriter):
     """Writes each record of ``predict_step`` beside its input (the DataModule's ``predict_inputs``, in
-    order) to a .csv or .jsonl file. The file is written whole under a temporary name and then renamed,
-    so a failed run leaves any earlier file as it was."""
+    order) to a .csv or .jsonl file. The file is written whole under a temporary name beside it and then
+    replaces it, so a failed run leaves any earlier file as it was."""
 
     FORMATS = (".csv", ".jsonl")
 
@@ -132,16 +137,27 @@ class PredictionWriter(BasePredictionWriter):
         if len(records) != len(inputs):
             raise RuntimeError(f"{len(inputs)} inputs but {len(records)} predictions")
         rows = [{"input": text, **record} for text, record in zip(inputs, records)]
-        partial = self.path.with_name(self.path.name + ".partial")
-        with partial.open("w", newline="", encoding="utf-8") as f:
-            if self.path.suffix == ".csv":
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            else:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        partial.replace(self.path)
+        handle, partial = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
+        try:
+            with open(handle, "w", newline="", encoding="utf-8") as f:
+                if self.path.suffix == ".csv":
+                    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                    writer.writeheader()
+                    writer.writerows(rows)
+                else:
+                    f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            os.chmod(partial, self.path.stat().st_mode if self.path.exists() else 0o666 & ~current_umask())
+            os.replace(partial, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
         print(f"wrote {len(rows)} predictions to {self.path}")
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class CheckpointRoom(Callback):

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 # Seconds a connection attempt may take before the network counts as closed.
 NETWORK_TIMEOUT = 5.0
@@ -73,6 +73,22 @@ def seeded_split(n: int, fractions: list[float], seed: int) -> list[torch.Tensor
     return list(torch.split(order, sizes))
 
 
+class EvalShard(DistributedSampler):
+    """Rank ``rank``'s share of an evaluation set: examples ``rank, rank + R, ...`` in order, each example
+    on exactly one of the ``R`` ranks. ``DistributedSampler`` instead repeats a few examples so every rank
+    has as many, which counts them twice in the metrics. Ranks may thus run one batch more or fewer, which
+    evaluation allows: its metrics are synced once, at the epoch's end (torchmetrics states and
+    ``TrainingModule.log_loss``)."""
+
+    def __init__(self, data: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(data, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(data), num_replicas))  # type: ignore[arg-type]
+        self.total_size = len(data)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+
 class OfflineDataModule(LightningDataModule):
     """A DataModule that runs offline: the real dataset when it is here or downloadable, else a fallback.
 
@@ -88,7 +104,8 @@ class OfflineDataModule(LightningDataModule):
       reuses it, and calls ``load(NAME)``; ``test`` after ``fit`` reuses what is loaded. ``predict``
       calls ``load_predict()`` instead.
     - the four dataloaders, through ``_loader(split)``: ``dataset(split)`` in batches of
-      ``batch_size``, shuffled for training, put together by ``collate_fn``. The text DataModules
+      ``batch_size``, shuffled for training, put together by ``collate_fn``; under DDP each val/test
+      example goes to one rank only (``EvalShard``), so metrics equal one process's. The text DataModules
       override ``_loader`` to batch in length buckets (``datamodules.text.bucketed_loader``).
 
     A subclass sets ``download_name`` (the dataset ``prepare_data`` may download), ``download_url``
@@ -202,10 +219,15 @@ class OfflineDataModule(LightningDataModule):
 
     def _loader(self, split: str) -> DataLoader:
         h = self.hparams
+        data = self.dataset(split)
+        ranks = getattr(self.trainer, "world_size", 1)
+        # Evaluation under DDP: each rank takes its own examples, none twice (Lightning would pad them).
+        shard = EvalShard(data, ranks, self.trainer.global_rank) if split in ("val", "test") and ranks > 1 else None
         return DataLoader(
-            self.dataset(split),
+            data,
             batch_size=h.batch_size,
-            shuffle=split == "train",
+            shuffle=split == "train" if shard is None else None,
+            sampler=shard,
             num_workers=h.num_workers,
             persistent_workers=h.num_workers > 0,
             collate_fn=self.collate_fn,

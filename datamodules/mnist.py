@@ -10,8 +10,11 @@ operation, and normalisation and augmentation run batched, on the batch's device
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -141,6 +144,19 @@ def read_predict_inputs(path: Path) -> tuple[torch.Tensor, list[str]]:
     return torch.from_numpy(array), [f"{path.name}[{i}]" for i in range(len(array))]
 
 
+def extract(gz: Path) -> None:
+    """Decompress ``gz`` beside itself under a temporary name, then rename it into place: a process that
+    reads the file meanwhile finds it whole or not at all, never half written."""
+    handle, partial = tempfile.mkstemp(dir=gz.parent, prefix=f".{gz.stem}.")
+    try:
+        with open(handle, "wb") as f:
+            f.write(gzip.decompress(gz.read_bytes()))
+        os.replace(partial, gz.with_suffix(""))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+
+
 def read_mnist(raw_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One MNIST split through torchvision's IDX readers; a corrupt file is an error, never a fallback."""
     tensors = []
@@ -149,7 +165,7 @@ def read_mnist(raw_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         source = path if path.exists() else path.with_name(f"{name}.gz")  # only the .gz is here
         try:
             if source != path:
-                path.write_bytes(gzip.decompress(source.read_bytes()))
+                extract(source)
             tensors.append(read(str(path)))
         except Exception as err:  # noqa: BLE001 - torchvision raises asserts and numpy errors
             raise DataError(f"{source}: corrupt MNIST IDX file ({err or type(err).__name__})") from None
@@ -209,6 +225,19 @@ class DigitsDataModule(OfflineDataModule):
         """Every MNIST file is in ``raw_dir``, extracted or still gzipped."""
         names = [name for pair in MNIST_FILES.values() for name in pair]
         return all((self.raw_dir / n).exists() or (self.raw_dir / f"{n}.gz").exists() for n in names)
+
+    def prepare_data(self) -> None:
+        """Download MNIST if it may be used, and decompress its ``.gz`` files, once per node (Lightning
+        calls this on each node's first process while the others wait); a file that fails to decompress
+        is left for ``setup`` to report on every rank."""
+        super().prepare_data()
+        if self.hparams.dataset not in ("auto", "mnist"):
+            return
+        for name in (name for pair in MNIST_FILES.values() for name in pair):
+            path = self.raw_dir / name
+            if not path.exists() and path.with_name(f"{name}.gz").exists():
+                with contextlib.suppress(Exception):
+                    extract(path.with_name(f"{name}.gz"))
 
     def download(self) -> None:
         for train in (True, False):

@@ -212,10 +212,11 @@ class BucketBatchSampler(Sampler[list[int]]):
     ``shuffle=False`` (val/test): all indices sorted by length (stable), then batched.
 
     Sharding: with ``num_replicas`` ranks, rank ``r`` takes batches ``r, r + R, r + 2R, ...`` of the
-    same global list (every rank computes it from the same seed). The list is first extended by
-    repeating its first batches so every rank gets the same number of batches, as DDP requires (a rank
-    with one batch fewer would wait forever in the gradient all-reduce); under DDP a few val/test
-    examples are thus counted twice, as with ``DistributedSampler``.
+    same global list (every rank computes it from the same seed). For training the list is first
+    extended by repeating its first batches so every rank gets the same number of batches, as DDP
+    requires (a rank with one batch fewer would wait forever in the gradient all-reduce). Evaluation
+    repeats nothing: every val/test example is in one batch of one rank, the very batches one process
+    makes, so metrics synced at the epoch's end equal one process's.
 
     Lightning calls ``set_epoch`` on a DataLoader's ``sampler``, so use it as ``sampler=`` with
     ``batch_size=None``, and run the Trainer with ``use_distributed_sampler=False`` so that Lightning
@@ -274,12 +275,14 @@ class BucketBatchSampler(Sampler[list[int]]):
                 n_batches = full * self.pool_batches + math.ceil(rest / self.batch_size)
             else:
                 n_batches = math.ceil(len(self.lengths) / self.batch_size)
+        if not self.shuffle:  # this rank's share, unpadded
+            return len(range(self.rank, n_batches, self.num_replicas))
         return math.ceil(n_batches / self.num_replicas)
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._global_batches()
-        if not batches:
-            return iter(())
+        if not batches or not self.shuffle:
+            return iter(batches[self.rank :: self.num_replicas])
         total = len(self) * self.num_replicas
         batches += (batches * math.ceil(total / len(batches)))[: total - len(batches)]
         return iter(batches[self.rank : total : self.num_replicas])

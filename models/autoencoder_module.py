@@ -7,6 +7,7 @@ and every loss and metric is on [0, 1] pixels.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,14 +73,19 @@ class AutoencoderModule(TrainingModule):
         return latent, logits.sigmoid()
 
     def add_noise(self, images: torch.Tensor, stage: str, batch_idx: int) -> torch.Tensor:
-        """The denoising input. Validation and test noise is seeded by the batch index, so a checkpoint
-        scores the same in ``fit`` and in ``test``."""
+        """The denoising input. Validation and test noise is seeded by each image's own pixels, so a
+        checkpoint scores the same in ``fit`` and in ``test``, whatever the batches and however many DDP
+        ranks share the images."""
         if not self.hparams.noise_std:
             return images
-        generator = None
-        if stage != "train":
-            generator = torch.Generator(images.device).manual_seed(batch_idx)
-        noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        if stage == "train":
+            noise = torch.randn(images.shape, device=images.device, dtype=images.dtype)
+        else:
+            pixels = images.mul(255).round().to(torch.uint8).cpu().numpy()
+            noise = torch.stack([
+                torch.randn(image.shape, generator=torch.Generator().manual_seed(zlib.crc32(image.tobytes())))
+                for image in pixels
+            ]).to(images.device, images.dtype)
         return images + self.hparams.noise_std * noise
 
     def _step(self, batch: tuple, batch_idx: int, stage: str) -> dict[str, torch.Tensor]:
@@ -89,7 +95,7 @@ class AutoencoderModule(TrainingModule):
         recon = logits.sigmoid()
         bce = F.binary_cross_entropy_with_logits(logits, clean)
         loss = bce if self.hparams.loss == "bce" else F.mse_loss(recon, clean)
-        self.log_loss(stage, loss)
+        self.log_loss(stage, loss, batch_size=len(clean))
         metrics = self.metrics[f"{stage}_metrics"]
         metrics["mse"].update(recon, clean)
         metrics["bce"].update(bce, weight=clean.numel())  # weighted by pixels: an exact per-pixel mean

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 STAGES = ("train", "val", "test")
@@ -102,13 +102,20 @@ class TrainingModule(LightningModule):
         self.optimizer, self.scheduler = optimizer, scheduler
         self.metrics = nn.ModuleDict()
         self.train_loss = TrainLoss()
+        # val/test loss: sums and counts synced once at the epoch's end, so under DDP it is the mean over
+        # every example, as in one process (a mean of each rank's mean is not, with uneven shares).
+        # NaNs are kept: the apps stop on a non-finite val/loss.
+        self.eval_loss = nn.ModuleDict({stage: MeanMetric(nan_strategy="disable") for stage in ("val", "test")})
 
     def log_loss(self, stage: str, loss: torch.Tensor, batch_size: int | None = None) -> None:
-        """``train/loss`` on logger-write steps only (``TrainLoss``); ``val/loss`` and ``test/loss`` as epoch means."""
+        """``train/loss`` on logger-write steps only (``TrainLoss``); ``val/loss`` and ``test/loss`` as
+        means over the epoch's batches, each weighted by ``batch_size`` (pass it: examples per batch)."""
         if stage == "train":
             self.train_loss(self, loss)
         else:
-            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
+            # one value per example: torchmetrics ignores `weight` when it keeps NaNs (nan_strategy="disable")
+            self.eval_loss[stage].update(loss.detach().expand(batch_size or 1))
+            self.log(f"{stage}/loss", self.eval_loss[stage], prog_bar=True, on_step=False, on_epoch=True)
 
     def log_stage_metrics(self, stage: str) -> None:
         """Log the stage's collection once an epoch: Lightning moves a logged metric to the device on
@@ -218,7 +225,7 @@ class Classifier(TrainingModule):
         inputs, target = batch[0], batch[1]  # a DataModule may add more, e.g. each example's domain
         logits = self(inputs)  # (B, num_classes)
         loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
-        self.log_loss(stage, loss)
+        self.log_loss(stage, loss, batch_size=len(target))
         self.metrics[f"{stage}_metrics"].update(logits, target)  # accumulated; logged at the epoch's end
         return loss, logits
 

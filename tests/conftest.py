@@ -39,6 +39,20 @@ def offline(tmp_path_factory: pytest.TempPathFactory):
         yield
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of an app run in a subprocess, built when called (after ``offline`` has sealed
+    this process): no W&B variable but ``WANDB_SILENT``, no netrc with credentials, one thread each, and
+    the apps and the test apps importable. (A subprocess cannot get the socket patch: without
+    credentials its W&B logger goes offline, and the apps download nothing the tests have not written.)"""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'tests'}")
+    assert env.get("NETRC", "").endswith("no-netrc"), "call subprocess_env() inside a test: the session is sealed then"
+    return env
+
+
 @pytest.fixture(autouse=True)
 def no_wandb_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lightning sets WANDB_MODE=dryrun for the whole process when it starts an offline run; each

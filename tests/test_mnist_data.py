@@ -42,6 +42,37 @@ def test_gzipped_mnist_files_are_extracted_without_network(tmp_path: Path) -> No
     assert len(dm.splits["test"]) == 20
 
 
+def test_gz_files_are_extracted_in_prepare_data_whole_and_in_place(tmp_path: Path, monkeypatch) -> None:
+    """prepare_data (once per node) extracts every .gz under a temporary name and renames it, so the
+    other ranks' setup finds each file whole; setup then writes nothing."""
+    import os
+
+    write_mnist(tmp_path, compress=True)
+    raw = tmp_path / "MNIST" / "raw"
+    dm = MNISTDataModule(dataset="mnist", data_dir=str(tmp_path))
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append((Path(src).parent, Path(dst))), real_replace(src, dst))[1])
+    dm.prepare_data()
+    assert sorted(dst.name for _, dst in renamed) == sorted(p.stem for p in raw.glob("*.gz"))
+    assert all(parent == raw for parent, _ in renamed) and sorted(p.name for p in raw.iterdir() if p.name.startswith("."))  == []
+    renamed.clear()
+    dm.setup("fit")
+    assert renamed == [] and len(dm.splits["test"]) == 20
+
+
+def test_a_gz_that_fails_to_extract_is_reported_by_setup(tmp_path: Path) -> None:
+    """prepare_data runs on one rank while the others wait: it leaves the error to setup, on every rank."""
+    write_mnist(tmp_path, compress=True)
+    bad = tmp_path / "MNIST/raw/train-images-idx3-ubyte.gz"
+    bad.write_bytes(b"not gzip data " * 10)
+    dm = MNISTDataModule(dataset="mnist", data_dir=str(tmp_path))
+    dm.prepare_data()
+    assert not bad.with_suffix("").exists() and not [p for p in bad.parent.iterdir() if p.name.startswith(".")]
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: corrupt MNIST IDX file"):
+        dm.setup("fit")
+
+
 def test_auto_falls_back_to_digits_and_says_why(tmp_path: Path, capsys) -> None:
     started = time.monotonic()
     dm = prepared(dataset="auto", data_dir=str(tmp_path))

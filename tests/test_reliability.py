@@ -23,16 +23,9 @@ import torch
 import apps.mnist.__main__ as mnist_app
 import apps.callbacks as callbacks
 import apps.sentiment.__main__ as sentiment_app
+from conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",  # the apps, and tests/faults.py
-    "OMP_NUM_THREADS": "1",
-    "WANDB_SILENT": "true",
-}
-for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
-    ENV.pop(name, None)
 
 EPOCHS = ["--trainer.max_epochs=3", "--trainer.deterministic=true", "--trainer.enable_progress_bar=false"]
 KILL = '--trainer.callbacks+={"class_path": "faults.KillAt", "init_args": {"epoch": 1, "batch": 3}}'
@@ -54,6 +47,14 @@ def sentiment_csv(folder: Path) -> Path:
 def app_args(app: str, data_folder: Path) -> list[str]:
     if app == "mnist":
         return ["--data.dataset=digits", "--trainer.limit_train_batches=8"]
+    if app in ("translate", "autoencoder", "finetune"):  # the registry's small, offline settings
+        from registry import APPS, finetune_backbone
+
+        if app == "finetune":
+            finetune_backbone()
+        small = [arg for arg in APPS[app].train if arg.startswith("--model.")]
+        return [*APPS[app].data, *small, "--trainer.limit_train_batches=8", "--trainer.limit_val_batches=4",
+                "--trainer.limit_test_batches=4"]
     path = sentiment_csv(data_folder)
     return [
         "--data.dataset=csv", f"--data.path={path}", "--data.vectors=null", "--data.batch_size=16",
@@ -65,7 +66,7 @@ def launch(app: str, folder: Path, *args: str) -> subprocess.CompletedProcess:
     folder.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         [sys.executable, "-m", f"apps.{app}", "fit", *args],
-        cwd=folder, env=ENV, capture_output=True, text=True, timeout=600,
+        cwd=folder, env=subprocess_env(), capture_output=True, text=True, timeout=600, start_new_session=True,
     )
 
 
@@ -89,7 +90,8 @@ def csv_rows(folder: Path, metric: str) -> list[tuple[str, str]]:
 Runs = namedtuple("Runs", "first second crashed resumed folders")
 
 
-@pytest.fixture(scope="module", params=["mnist", "sentiment"])
+@pytest.fixture(scope="module", params=["mnist", "sentiment", *[pytest.param(app, marks=pytest.mark.slow)
+                                                                 for app in ("translate", "autoencoder", "finetune")]])
 def runs(request, tmp_path_factory) -> Runs:
     """One config run without interruption (twice for mnist, for the determinism test), and once
     SIGKILLed in epoch 1 and resumed with ``--ckpt_path last``; each in a folder of its own."""
@@ -111,7 +113,19 @@ def test_same_seed_and_config_give_the_same_run(runs: Runs) -> None:
     assert all(torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in first["state_dict"])
 
 
-def test_a_killed_run_resumes_to_the_same_weights_and_metrics(runs: Runs) -> None:
+# Found by these tests and not yet fixed: a killed translate or finetune run, resumed, does not end as
+# one that never stopped (finetune's metrics.csv rows differ after the resume too). Strict: a fix shows.
+RESUME_GAPS = {"translate": "translate resumes to other test metrics", "finetune": "finetune resumes to other weights"}
+
+
+def known_resume_gap(request, runs: Runs) -> None:
+    app = runs.folders["first"].parent.name.rstrip("0123456789")
+    if app in RESUME_GAPS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=RESUME_GAPS[app]))
+
+
+def test_a_killed_run_resumes_to_the_same_weights_and_metrics(runs: Runs, request) -> None:
+    known_resume_gap(request, runs)
     assert runs.crashed.returncode == -signal.SIGKILL
     assert "test metrics" not in runs.crashed.stdout
     assert "resuming from runs/" in runs.resumed.stdout + runs.resumed.stderr
@@ -122,7 +136,9 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(runs: Runs) -> Non
         assert torch.equal(resumed["state_dict"][key], value), key  # bit for bit
 
 
-def test_a_resumed_run_continues_its_wandb_run_and_metrics_file(runs: Runs) -> None:
+def test_a_resumed_run_continues_its_wandb_run_and_metrics_file(runs: Runs, request) -> None:
+    if "finetune" in runs.folders["first"].parent.name:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="finetune's metrics.csv rows differ after a resume"))
     folder = runs.folders["crashed"]
     run_id = last_checkpoint(folder)["run"]["wandb_id"]
     wandb_runs = sorted(folder.glob("runs/*/wandb/offline-run-*"))
@@ -133,12 +149,113 @@ def test_a_resumed_run_continues_its_wandb_run_and_metrics_file(runs: Runs) -> N
         assert csv_rows(folder, metric) == csv_rows(runs.folders["first"], metric), metric
 
 
+def test_a_resumed_offline_run_prints_the_sync_of_all_its_folders_in_order(runs: Runs) -> None:
+    """Each start of a run offline leaves a folder with the run's id; `wandb sync` given them all, in
+    the order they started, uploads them into that one run."""
+    from wandb_run import records
+
+    folder = runs.folders["crashed"]
+    run_id = last_checkpoint(folder)["run"]["wandb_id"]
+    started = sorted(folder.glob(f"runs/*/wandb/offline-run-*-{run_id}"))  # named offline-run-<start time>-<id>
+    assert len(started) == 2
+    (command,) = [line.split("upload it with: ", 1)[1] for line in runs.resumed.stdout.splitlines() if "upload it with: " in line]
+    assert command == "wandb sync " + " ".join(map(str, (path.resolve() for path in started)))
+    for path in started:  # each holds a transaction log of this run id (the killed start's may be cut short)
+        (log,) = path.glob("run-*.wandb")
+        assert log.name == f"run-{run_id}.wandb"
+    assert any(r.WhichOneof("record_type") == "history" for r in records(log))  # the resumed start logged
+
+
 def test_last_with_nothing_to_resume_starts_a_new_run(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         mnist_app.main(["fit", "--data.dataset=digits", "--trainer.fast_dev_run=true", "--ckpt_path", "last"])
     assert "test metrics: " in out.getvalue()
+
+
+def tiny_fit(*args: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        mnist_app.main(["fit", "--data.dataset=digits", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                        "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
+                        *args])
+    return out.getvalue()
+
+
+def test_last_continues_the_run_of_the_same_settings_or_the_one_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Two jobs of other settings share runs/mnist: `--ckpt_path last` never continues the other's run."""
+    monkeypatch.chdir(tmp_path)
+    tiny_fit()  # version_0
+    tiny_fit("--model.dropout=0.3")  # version_1, the newest
+    tiny_fit("--trainer.max_epochs=2", "--ckpt_path", "last")
+    capsys.readouterr()
+    assert last_of(tmp_path / "runs/mnist/version_0")["epoch"] == 1 and last_of(tmp_path / "runs/mnist/version_1")["epoch"] == 0
+
+    with pytest.raises(SystemExit) as exit_:
+        tiny_fit("--model.dropout=0.2", "--ckpt_path", "last")
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exit_.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: --ckpt_path last: the newest run, runs/mnist/version_")
+    assert "model.dropout" in err[0] and "0.2 here" in err[0] and "--run version_" in err[0]
+
+    tiny_fit("--model.dropout=0.2", "--trainer.max_epochs=2", "--run", "version_1", "--ckpt_path", "last")  # named: continued
+    assert last_of(tmp_path / "runs/mnist/version_1")["epoch"] == 1
+    assert not (tmp_path / "runs/mnist/version_2").exists()
+
+
+def last_of(run: Path) -> dict:
+    return torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_each_rank_draws_its_own_randomness_and_an_epoch_draws_the_same_again() -> None:
+    """Dropout masks and augmentations come from the global generators that ``EpochSeeds`` seeds from
+    (seed, epoch, rank): two ranks differ, the same rank and epoch repeat (as a resumed run needs)."""
+    from types import SimpleNamespace
+
+    from datamodules.mnist import random_affine
+
+    def draws(rank: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        trainer = SimpleNamespace(current_epoch=epoch, global_rank=rank)
+        callbacks.EpochSeeds(42).on_train_epoch_start(trainer, None)
+        mask = torch.nn.functional.dropout(torch.ones(64), 0.5, training=True)
+        return mask, random_affine(torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)), 10, 0.08, 0.1)
+
+    (mask0, moved0), (mask1, moved1) = draws(0, 3), draws(1, 3)
+    assert not torch.equal(mask0, mask1) and not torch.equal(moved0, moved1)
+    again = draws(0, 3)
+    assert torch.equal(again[0], mask0) and torch.equal(again[1], moved0)
+    assert not torch.equal(draws(0, 4)[0], mask0)
+
+
+@pytest.mark.slow
+def test_a_killed_ddp_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """2 DDP processes, both SIGKILLed in epoch 1 and resumed with --ckpt_path last, end with the
+    weights of a 2-process run that never stopped."""
+    ddp = ["--data.dataset=digits", "--trainer.limit_train_batches=6", *EPOCHS, "--trainer.accelerator=cpu",
+           "--trainer.devices=2", "--trainer.strategy=ddp"]
+    kill_all = '--trainer.callbacks+={"class_path": "faults.KillAt", "init_args": {"epoch": 1, "batch": 3, "group": true}}'
+    first = launch("mnist", tmp_path / "first", *ddp)
+    crashed = launch("mnist", tmp_path / "crashed", *ddp, kill_all)
+    resumed = launch("mnist", tmp_path / "crashed", *ddp, "--ckpt_path", "last")
+    assert crashed.returncode == -signal.SIGKILL and "test metrics" not in crashed.stdout
+    assert printed_test_metrics(resumed) == printed_test_metrics(first)
+    one, other = last_checkpoint(tmp_path / "first"), last_checkpoint(tmp_path / "crashed")
+    assert one["global_step"] == other["global_step"]
+    for key, value in one["state_dict"].items():
+        assert torch.equal(other["state_dict"][key], value), key
+
+
+def test_a_nonfinite_val_loss_stops_training_before_its_checkpoint(tmp_path: Path) -> None:
+    poison = '{"class_path": "faults.PoisonValidationAt", "init_args": {"epoch": 1}}'
+    code, out, err = fit_mnist(tmp_path, "--trainer.max_epochs=3", "--trainer.limit_train_batches=3",
+                               "--trainer.limit_val_batches=2", f"--trainer.callbacks+={poison}")
+    last_line = err.strip().splitlines()[-1]
+    assert code == 1 and "test metrics" not in out
+    assert last_line.startswith("error: training stopped: val/loss is nan after step 6 (validation, epoch 1)")
+    assert last_line.endswith("the last good checkpoint is runs/mnist/version_0/checkpoints/last.ckpt")
+    kept = torch.load(tmp_path / "runs/mnist/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert kept["epoch"] == 0 and all(torch.isfinite(v).all() for v in kept["state_dict"].values())
 
 
 # -- failing cleanly -----------------------------------------------------------------------------
@@ -223,8 +340,8 @@ def mnist_checkpoint(tmp_path_factory) -> Path:
 def test_checkpoints_hold_plain_data_only(runs: Runs) -> None:
     """Loaded with weights_only=True (no pickled objects); the tokenizer and label names are data."""
     checkpoint = last_checkpoint(runs.folders["first"])
-    assert all(isinstance(name, str) for name in checkpoint["hyper_parameters"]["label_names"])
-    assert checkpoint["run"]["app"] in ("mnist", "sentiment")
+    assert all(isinstance(name, str) for name in checkpoint["hyper_parameters"].get("label_names", []))
+    assert checkpoint["run"]["app"] in ("mnist", "sentiment", "translate", "autoencoder", "finetune")
     if checkpoint["run"]["app"] == "sentiment":  # the DataModule's state: the tokenizer as JSON text
         assert '"vocab"' in checkpoint["SentimentDataModule"]["tokenizer"]
 
@@ -295,7 +412,7 @@ def test_two_nodes_launched_by_torchrun(tmp_path: Path) -> None:
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
              "--master_addr=127.0.0.1", f"--master_port={port}", *args],
-            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for rank in (0, 1)
     ]
@@ -308,17 +425,16 @@ def test_two_nodes_launched_by_torchrun(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("runs/mnist/wandb/offline-run-*"))) == 1
     assert [p.name for p in tmp_path.glob("runs/mnist/version_*")] == ["version_0"]
     best = next(line.split(": ", 1)[1] for line in outputs[0].splitlines() if line.startswith("checkpoint: "))
-    # The test metrics are reduced over both ranks, each having seen half the test set: one process
-    # on the same checkpoint must print the same accuracy, up to the one test image that
-    # DistributedSampler repeats to give both ranks 180 of the 359.
+    # The test metrics are reduced over both ranks, one with 180 of the 359 test images, the other with
+    # 179 (none repeated): one process on the same checkpoint prints the same accuracy.
     alone = subprocess.run(
         [sys.executable, "-m", "apps.mnist", "test", f"--ckpt_path={best}", "--trainer.logger=false",
          "--trainer.enable_progress_bar=false"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     assert alone.returncode == 0, alone.stderr[-2000:]
     both, one = printed_accuracy(outputs[0]), printed_accuracy(alone.stdout)
-    assert abs(both * 360 - one * 359) <= 1.01 and abs(both * 360 - round(both * 360)) < 0.02
+    assert both == one
 
 
 def printed_accuracy(output: str) -> float:

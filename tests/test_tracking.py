@@ -1,6 +1,9 @@
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
+from lightning.pytorch import Callback
 
 from apps.cli import wandb_offline
 
@@ -105,3 +108,63 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path, monkeypatch) -> N
     assert first["id"] is None and resumed["id"] and resumed["resume"] == "allow"
     (offline,) = {path.name.rsplit("-", 1)[1] for path in tmp_path.glob("runs/mnist/wandb/offline-run-*")}
     assert offline == resumed["id"]
+
+
+def test_every_wandb_init_setting_is_an_option_and_reaches_the_run(tmp_path: Path, monkeypatch) -> None:
+    """group, entity, tags, job_type, notes and name from the command line (or YAML) are in the offline
+    run's own record; log_model offline is one notice, not Lightning's error."""
+    import apps.mnist.__main__ as mnist_app
+    from wandb_run import records
+
+    import apps.cli
+
+    said: list[str] = []
+    monkeypatch.setattr(apps.cli, "rank_zero_info", said.append)
+    monkeypatch.chdir(tmp_path)
+    mnist_app.main(["fit", "--data.dataset=digits", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                    "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false",
+                    "--trainer.logger=apps.cli.WandbLogger", "--trainer.logger.group=sweep-3", "--trainer.logger.entity=team",
+                    "--trainer.logger.tags=[baseline,digits]", "--trainer.logger.job_type=train",
+                    "--trainer.logger.notes=a first try", "--trainer.logger.name=lenet-a", "--trainer.logger.log_model=all"])
+    notices = [line for line in said if "log_model" in line]
+    assert len(notices) == 1 and notices[0].startswith("W&B runs offline, so log_model=all uploads nothing")
+    (log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    (run,) = [r.run for r in records(log) if r.WhichOneof("record_type") == "run"]
+    assert (run.run_group, run.entity, list(run.tags), run.job_type, run.notes, run.display_name) == (
+        "sweep-3", "team", ["baseline", "digits"], "train", "a first try", "lenet-a")
+
+
+class ProgressBarSeen(Callback):
+    """Records the progress bar the Trainer runs with."""
+
+    seen: list = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        ProgressBarSeen.seen.append(trainer.progress_bar_callback)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("case", ["log file", "terminal", "turned off", "the user's own"])
+def test_the_progress_bar_suits_where_output_goes(case: str, tmp_path: Path, monkeypatch) -> None:
+    import apps.mnist.__main__ as mnist_app
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    monkeypatch.chdir(tmp_path)
+    ProgressBarSeen.seen = []
+    args = {"turned off": ["--trainer.enable_progress_bar=false"],
+            "the user's own": ['--trainer.callbacks+={"class_path": "lightning.pytorch.callbacks.TQDMProgressBar", '
+                               '"init_args": {"refresh_rate": 7}}']}.get(case, [])
+    with contextlib.redirect_stdout(Terminal() if case == "terminal" else io.StringIO()):
+        mnist_app.main(["fit", "--data.dataset=digits", "--trainer.fast_dev_run=true", "--trainer.logger=false",
+                        '--trainer.callbacks+=test_tracking.ProgressBarSeen', *args])
+    (bar,) = ProgressBarSeen.seen
+    if case == "turned off":
+        assert bar is None
+    elif case == "terminal":
+        assert isinstance(bar, RichProgressBar)
+    else:
+        assert type(bar) is TQDMProgressBar and bar.refresh_rate == (7 if case == "the user's own" else 1)
