@@ -192,7 +192,7 @@ APPS = {
         spoil=spoil_mnist,
         conflict=(["fit", "--data.dataset=digits", "--data.labels_per_class=5000"], "labels_per_class"),
         pictures=["test_confusion_matrix.png", "test_misclassified.png"],
-        ddp_in_default_suite=True,
+        ddp_in_default_suite=False,  # its DDP metrics: the torchrun test (test_reliability) in the default suite
     ),
     "sentiment": App(
         module="apps.sentiment.__main__",
