@@ -205,7 +205,7 @@ APPS = {
         conflict=(["fit", "--data.dataset=csv"], "--data.path"),
         pictures=["test_confusion_matrix.png"],
         min_predict_accuracy=0.6,
-        ddp_in_default_suite=True,
+        ddp_in_default_suite=False,  # -m slow: the default suite's 10 minutes
     ),
     "autoencoder": App(
         module="apps.autoencoder.__main__",

@@ -90,8 +90,8 @@ def csv_rows(folder: Path, metric: str) -> list[tuple[str, str]]:
 Runs = namedtuple("Runs", "first second crashed resumed folders")
 
 
-@pytest.fixture(scope="module", params=["mnist", "sentiment", *[pytest.param(app, marks=pytest.mark.slow)
-                                                                 for app in ("translate", "autoencoder", "finetune")]])
+@pytest.fixture(scope="module", params=["mnist", *[pytest.param(app, marks=pytest.mark.slow)
+                                                   for app in ("sentiment", "translate", "autoencoder", "finetune")]])
 def runs(request, tmp_path_factory) -> Runs:
     """One config run without interruption (twice for mnist, for the determinism test), and once
     SIGKILLed in epoch 1 and resumed with ``--ckpt_path last``; each in a folder of its own."""

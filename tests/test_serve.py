@@ -152,7 +152,11 @@ def written_by_predict(name: str, ckpt: Path, texts: list[str], folder: Path) ->
 def test_serve_answers_what_predict_writes(name: str, servers, tmp_path: Path, monkeypatch) -> None:
     server, ckpt = servers[name]
     monkeypatch.chdir(tmp_path)
-    assert predict_rows(server.url, TEXTS[name]) == written_by_predict(name, ckpt, TEXTS[name], tmp_path)
+    served, written = predict_rows(server.url, TEXTS[name]), written_by_predict(name, ckpt, TEXTS[name], tmp_path)
+    # Every field exactly, but the probability: served inputs share batches with other requests, and a
+    # batch of another shape may round the last bits of a float differently (seen with 2 threads).
+    assert [{**r, "probability": None} for r in served] == [{**r, "probability": None} for r in written]
+    assert [r["probability"] for r in served] == pytest.approx([r["probability"] for r in written], rel=1e-4)
 
 
 def test_sixteen_clients_are_all_answered_correctly(servers) -> None:
