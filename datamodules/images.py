@@ -1,6 +1,7 @@
-"""Images for finetuning: the digits of the MNIST DataModule, or a folder with one sub-folder per class.
+"""Images for finetuning: the 28x28 images of the MNIST DataModule, or a folder with one sub-folder per class.
 
     python -m apps.finetune fit --data.dataset=digits --data.classes=[5,6,7,8,9] --data.labels_per_class=10
+    python -m apps.finetune fit --data.dataset=fashion_mnist --data.data_dir=DIR
     python -m apps.finetune fit --model.backbone=resnet18 --data.dataset=folder --data.path=my_images/
 
 Inputs follow the backbone (``--model.backbone``, linked to ``backbone`` here): images become [0, 1]
@@ -98,28 +99,30 @@ class ImageFiles(Dataset):
 
 
 class ImageDataModule(DigitsDataModule):
-    """The digits of ``MNISTDataModule`` (class subset, label budget) or an image folder, shaped for the backbone.
+    """The images of ``MNISTDataModule`` (class subset, label budget) or an image folder, shaped for the backbone.
 
     Args:
-        dataset: ``folder`` (the images under ``path``), or the digits: ``mnist``, ``digits`` or ``auto``
-            as in the MNIST DataModule.
+        dataset: ``folder`` (the images under ``path``), or as in the MNIST DataModule: ``mnist``,
+            ``digits``, ``auto`` or ``fashion_mnist``.
         path: For ``folder``: a folder with one sub-folder of PNG/JPEG images per class (at least two).
         backbone: The model's backbone, linked from ``--model.backbone``; picks the transforms.
-        data_dir: Folder holding ``MNIST/raw``; downloads go there.
+        data_dir: Folder holding ``MNIST/raw`` and ``FashionMNIST/raw``; downloads go there.
         val_fraction: Share of the training images (all images for a folder) held out for validation.
         test_fraction: Share of the digits (all images for a folder) held out for testing.
         batch_size: Images per batch.
-        augment: Random rotation, shift and zoom of training digits (folder images are not augmented).
+        augment: Random moves of training images, per dataset as in the MNIST DataModule (folder images
+            are not augmented).
+        flip: Flip training images left-right at random; null: per dataset (clothes yes, digits never).
         num_workers: DataLoader worker processes (0 loads in the main process).
         seed: Seed of the train/val/test split and of the labelled subset.
-        classes: Digits only (a folder's classes are its sub-folders): keep these digits, relabelled 0..k-1.
-        labels_per_class: Digits only: keep this many training images of each class (a label budget).
+        classes: Not for folders (their classes are the sub-folders): keep these classes, relabelled 0..k-1.
+        labels_per_class: Not for folders: keep this many training images of each class (a label budget).
         predict_path: For ``predict``: a folder of images (or, for digits, a ``.npy`` array of 28x28 images).
     """
 
     def __init__(
         self,
-        dataset: Literal["auto", "mnist", "digits", "folder"] = "auto",
+        dataset: Literal["auto", "mnist", "digits", "fashion_mnist", "folder"] = "auto",
         path: str | None = None,
         backbone: str = "",
         data_dir: str = "data",
@@ -127,6 +130,7 @@ class ImageDataModule(DigitsDataModule):
         test_fraction: float = 0.2,
         batch_size: int = 10,
         augment: bool = True,
+        flip: bool | None = None,
         num_workers: int = 0,
         seed: int = 0,
         classes: list[int] | None = [5, 6, 7, 8, 9],  # noqa: B006 - read, never mutated
@@ -168,9 +172,9 @@ class ImageDataModule(DigitsDataModule):
 
     @property
     def input_stats(self) -> tuple[float, float]:
-        """``(mean, std)`` the model's inputs are normalised with: MNIST's for this project's 28x28
-        backbones; ``(0, 1)`` for a torchvision backbone, whose weights' transforms normalise."""
-        return (0.0, 1.0) if self.torchvision else (MEAN, STD)
+        """``(mean, std)`` the model's inputs are normalised with: the dataset's for this project's 28x28
+        backbones (MNIST's for a folder); ``(0, 1)`` for a torchvision backbone, whose weights' transforms normalise."""
+        return (0.0, 1.0) if self.torchvision else (MEAN, STD) if self.folder else super().input_stats
 
     def choose_source(self) -> tuple[str, str]:
         if not self.folder:

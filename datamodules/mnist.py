@@ -1,6 +1,10 @@
-"""MNIST as uint8 tensors, with scikit-learn's handwritten digits as the offline fallback.
+"""MNIST and Fashion-MNIST as uint8 tensors, with scikit-learn's handwritten digits as the offline fallback.
 
-    python -m apps.mnist fit --data.dataset=auto|mnist|digits --data.data_dir=data
+    python -m apps.mnist fit --data.dataset=auto|mnist|fashion_mnist|digits --data.data_dir=data
+
+Both IDX datasets are read from torchvision's layout (``data_dir/MNIST/raw``, ``data_dir/FashionMNIST/raw``)
+or downloaded there; Fashion-MNIST is also read from the folder Debian's ``dataset-fashion-mnist``
+package installs. ``auto`` means digits: MNIST when it can be had, else scikit-learn's digits.
 
 Images stay uint8 ``(N, 28, 28)`` tensors in memory; a batch is sliced out with one indexing
 operation, and normalisation and augmentation run batched, on the batch's device, in
@@ -14,7 +18,9 @@ import contextlib
 import gzip
 import math
 import os
+import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -22,19 +28,58 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from torchvision.datasets import MNIST
-from torchvision.datasets.mnist import read_image_file, read_label_file
+from torchvision.datasets import MNIST, FashionMNIST
 
-from datamodules.base import DataError, OfflineDataModule, check_positive, seeded_split
+from datamodules.base import DataError, OfflineDataModule, check_positive, network_timeout, reachable, seeded_split
 
+# The four IDX files of MNIST and of Fashion-MNIST, by split: (images, labels).
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-# Statistics of the MNIST training images, used for both sources so a checkpoint sees one scale. The
-# models get them as the DataModule's ``input_stats``, linked by the CLI.
+# Statistics of the MNIST training images, used for the digits of both sources so a checkpoint sees one
+# scale. The models get a dataset's as the DataModule's ``input_stats``, linked by the CLI.
 MEAN, STD = 0.1307, 0.3081
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random moves of training images: rotation up to ``degrees``, shift up to ``shift`` image widths,
+    zoom by up to ``scale``, and a horizontal flip of every other image on average when ``flip``."""
+
+    degrees: float = 0.0
+    shift: float = 0.0
+    scale: float = 0.0
+    flip: bool = False
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """A 28x28 dataset in MNIST's four IDX files, as torchvision keeps it under ``data_dir/<folder>/raw``."""
+
+    title: str  # for the [data] line and errors
+    folder: str  # torchvision's folder under data_dir
+    download: type  # the torchvision class that downloads it
+    label_names: tuple[str, ...]
+    stats: tuple[float, float]  # (mean, std) of the training images' [0, 1] pixels
+    augment: Augment
+    system_dir: str = ""  # a folder a system package installs the .gz files in ("" for none)
+
+
+DIGITS = tuple(str(digit) for digit in range(10))
+# Digits are never flipped (a flipped 2 is no digit); clothes are, as a left and a right sleeve are
+# alike, and they are photographed upright, so they are not rotated.
+DIGIT_MOVES = Augment(degrees=10, shift=0.08, scale=0.1)
+IDX_DATASETS = {
+    "mnist": IdxDataset("MNIST", "MNIST", MNIST, DIGITS, (MEAN, STD), DIGIT_MOVES),
+    "fashion_mnist": IdxDataset(
+        "Fashion-MNIST", "FashionMNIST", FashionMNIST,
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        (0.2860, 0.3530), Augment(shift=0.08, flip=True),
+        system_dir="/usr/share/datasets/fashion-mnist",  # Debian's dataset-fashion-mnist
+    ),
+}
 
 
 class TensorBatches(Dataset):
@@ -157,28 +202,48 @@ def extract(gz: Path) -> None:
             os.unlink(partial)
 
 
-def read_mnist(raw_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One MNIST split through torchvision's IDX readers; a corrupt file is an error, never a fallback."""
+def parse_idx(data: bytes) -> torch.Tensor:
+    """The bytes of an IDX file of unsigned bytes (magic ``0 0 8 ndim``, ``ndim`` big-endian sizes, the
+    values) as a uint8 tensor of those sizes; ValueError saying what is wrong otherwise."""
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise ValueError("not an IDX file of unsigned bytes: wrong magic number")
+    header = 4 + 4 * data[3]
+    if len(data) < header:
+        raise ValueError(f"truncated: {len(data)} bytes, the header alone takes {header}")
+    shape = struct.unpack(f">{data[3]}I", data[4:header])
+    if len(data) != header + math.prod(shape):
+        raise ValueError(f"truncated or padded: {len(data):,} bytes, its header promises {header + math.prod(shape):,}")
+    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy())
+
+
+def read_idx_split(raw_dir: Path, split: str, title: str = "MNIST") -> tuple[torch.Tensor, torch.Tensor]:
+    """One split's images ``(N, 28, 28)`` and labels ``(N,)`` from ``raw_dir``, each file as extracted or
+    still gzipped (read in memory: the folder may be read-only); a corrupt file is an error, never a fallback."""
     tensors = []
-    for name, read in zip(MNIST_FILES[split], (read_image_file, read_label_file)):
+    for name in MNIST_FILES[split]:
         path = raw_dir / name
         source = path if path.exists() else path.with_name(f"{name}.gz")  # only the .gz is here
         try:
-            if source != path:
-                extract(source)
-            tensors.append(read(str(path)))
-        except Exception as err:  # noqa: BLE001 - torchvision raises asserts and numpy errors
-            raise DataError(f"{source}: corrupt MNIST IDX file ({err or type(err).__name__})") from None
+            data = source.read_bytes()
+            tensors.append(parse_idx(gzip.decompress(data) if source != path else data))
+        except (OSError, EOFError, ValueError) as err:  # gzip raises OSError and EOFError, parse_idx ValueError
+            raise DataError(f"{source}: corrupt {title} IDX file ({err or type(err).__name__})") from None
     images, labels = tensors
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{raw_dir}: {split} images {tuple(images.shape)} do not match labels {tuple(labels.shape)}")
     return images, labels.long()
+
+
+def idx_files_in(folder: Path) -> bool:
+    """``folder`` holds the four IDX files, each extracted or gzipped."""
+    names = [name for pair in MNIST_FILES.values() for name in pair]
+    return all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in names)
 
 
 def keep_classes(images: torch.Tensor, labels: torch.Tensor, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The images of ``classes``, labelled by their position in ``classes``."""
     if not set(classes) <= set(range(10)) or len(set(classes)) < 2:
-        raise DataError(f"--data.classes {classes}: name at least two different digits 0-9")
+        raise DataError(f"--data.classes {classes}: name at least two different classes 0-9")
     match = labels.unsqueeze(1) == torch.tensor(classes)  # (N, k)
     keep = match.any(1)
     return images[keep], match[keep].long().argmax(1)
@@ -197,11 +262,12 @@ def label_budget(images: torch.Tensor, labels: torch.Tensor, n: int, names: list
 
 
 class DigitsDataModule(OfflineDataModule):
-    """The digits that ``MNISTDataModule`` and ``ImageDataModule`` share: MNIST when it can be had, else
-    scikit-learn's digits; a class subset and a label budget; uint8 batches made into normalised
-    ``(B, 1, 28, 28)`` floats on the batch's device. A subclass's ``__init__`` takes ``dataset``,
-    ``data_dir``, ``val_fraction``, ``test_fraction``, ``batch_size``, ``augment``, ``num_workers``,
-    ``seed``, ``classes``, ``labels_per_class`` and ``predict_path`` (see ``MNISTDataModule``).
+    """The 28x28 images that ``MNISTDataModule`` and ``ImageDataModule`` share: MNIST when it can be had,
+    else scikit-learn's digits, or Fashion-MNIST when asked for; a class subset and a label budget; uint8
+    batches made into normalised ``(B, 1, 28, 28)`` floats on the batch's device, moved at random when
+    training (``IdxDataset.augment``, the flip overridable). A subclass's ``__init__`` takes ``dataset``,
+    ``data_dir``, ``val_fraction``, ``test_fraction``, ``batch_size``, ``augment``, ``flip``,
+    ``num_workers``, ``seed``, ``classes``, ``labels_per_class`` and ``predict_path`` (see ``MNISTDataModule``).
     """
 
     download_name, download_url, fallback_name = "mnist", MNIST.mirrors[0], "digits"
@@ -209,29 +275,43 @@ class DigitsDataModule(OfflineDataModule):
     image_shape = (1, 28, 28)
 
     @property
+    def idx(self) -> IdxDataset:
+        """The IDX dataset asked for, or MNIST's settings for the digits (``auto`` and ``digits``)."""
+        return IDX_DATASETS.get(self.hparams.dataset, IDX_DATASETS["mnist"])
+
+    @property
     def label_names(self) -> list[str]:
-        return [str(digit) for digit in self.hparams.classes or range(10)]
+        names = self.idx.label_names
+        return [names[c] for c in self.hparams.classes] if self.hparams.classes is not None else list(names)
 
     @property
     def input_stats(self) -> tuple[float, float]:
         """``(mean, std)`` of the normalisation: the model sees ``(pixel / 255 - mean) / std``."""
-        return MEAN, STD
+        return self.idx.stats
 
     @property
     def raw_dir(self) -> Path:
-        return Path(self.hparams.data_dir) / "MNIST" / "raw"
+        """Where the IDX files of the dataset asked for are kept and downloaded to (torchvision's layout)."""
+        return Path(self.hparams.data_dir) / self.idx.folder / "raw"
+
+    def idx_dir(self) -> Path | None:
+        """The folder to read the IDX dataset from: ``raw_dir``, else the system package's folder; None if neither has it."""
+        folders = [self.raw_dir, *([Path(self.idx.system_dir)] if self.idx.system_dir else [])]
+        return next((folder for folder in folders if idx_files_in(folder)), None)
 
     def present(self) -> bool:
         """Every MNIST file is in ``raw_dir``, extracted or still gzipped."""
-        names = [name for pair in MNIST_FILES.values() for name in pair]
-        return all((self.raw_dir / n).exists() or (self.raw_dir / f"{n}.gz").exists() for n in names)
+        return idx_files_in(Path(self.hparams.data_dir) / "MNIST" / "raw")
 
     def prepare_data(self) -> None:
-        """Download MNIST if it may be used, and decompress its ``.gz`` files, once per node (Lightning
-        calls this on each node's first process while the others wait); a file that fails to decompress
-        is left for ``setup`` to report on every rank."""
+        """Download MNIST, or Fashion-MNIST, if it may be used and is not here, and decompress the ``.gz``
+        files in ``data_dir``, once per node (Lightning calls this on each node's first process while the
+        others wait); a file that fails to decompress is left for ``setup`` to report on every rank."""
         super().prepare_data()
-        if self.hparams.dataset not in ("auto", "mnist"):
+        dataset = self.hparams.dataset
+        if dataset == "fashion_mnist" and self.idx_dir() is None:
+            self.fetch_idx()
+        if dataset not in ("auto", *IDX_DATASETS):
             return
         for name in (name for pair in MNIST_FILES.values() for name in pair):
             path = self.raw_dir / name
@@ -239,22 +319,49 @@ class DigitsDataModule(OfflineDataModule):
                 with contextlib.suppress(Exception):
                     extract(path.with_name(f"{name}.gz"))
 
+    def fetch_idx(self) -> None:
+        """Download the IDX dataset asked for by name (not MNIST: the base does) into ``data_dir``, failing fast."""
+        idx = self.idx
+        ok, self.download_error = reachable(idx.download.mirrors[0])
+        if ok:
+            try:
+                with network_timeout():
+                    for train in (True, False):
+                        idx.download(self.hparams.data_dir, train=train, download=True)
+            except Exception as err:  # noqa: BLE001 - any failure means "not downloadable"
+                self.download_error = f"download failed ({err})"
+        if self.idx_dir() is None:
+            raise DataError(self.unavailable())
+
     def download(self) -> None:
         for train in (True, False):
             MNIST(self.hparams.data_dir, train=train, download=True)
 
     def missing(self) -> str:
-        return f"MNIST is not in {self.raw_dir}"
+        where = f"{self.raw_dir} nor in {self.idx.system_dir}" if self.idx.system_dir else str(self.raw_dir)
+        return f"{self.idx.title} is not in {where}"
+
+    def unavailable(self) -> str:
+        why = super().unavailable()
+        if self.hparams.dataset != "fashion_mnist":
+            return why
+        return (f"{why}. Offline, Debian's package has it: `sudo apt-get install dataset-fashion-mnist`, or without root "
+                f"`apt-get download dataset-fashion-mnist && dpkg -x dataset-fashion-mnist_*.deb pkg && mkdir -p {self.raw_dir} "
+                f"&& cp pkg{self.idx.system_dir}/*.gz {self.raw_dir}/`")
 
     def describe(self, name: str) -> str:
-        if name == "mnist":
-            return f"MNIST files found in {self.raw_dir}"
+        if name in IDX_DATASETS:
+            return f"{IDX_DATASETS[name].title} files found in {self.idx_dir()}"
         return "scikit-learn's 8x8 digits scaled into a 28x28 frame like MNIST's"
 
     def load(self, name: str) -> None:
         h = self.hparams
-        if name == "mnist":
-            (train_x, train_y), test = read_mnist(self.raw_dir, "train"), read_mnist(self.raw_dir, "test")
+        if name in IDX_DATASETS:
+            folder = self.idx_dir()
+            if folder is None:  # asked for by name, and gone since prepare_data
+                raise DataError(self.unavailable())
+            title = IDX_DATASETS[name].title
+            (train_x, train_y), test = read_idx_split(folder, "train", title), read_idx_split(folder, "test", title)
             val_idx, train_idx = seeded_split(len(train_x), [h.val_fraction], h.seed)
         else:
             train_x, train_y = load_digits_28()
@@ -282,7 +389,12 @@ class DigitsDataModule(OfflineDataModule):
         """uint8 ``(B, 28, 28)`` -> float ``(B, 1, 28, 28)`` in [0, 1], randomly moved when training with ``augment``."""
         images = images.unsqueeze(1).float().div_(255)
         if self.hparams.augment and self.trainer is not None and self.trainer.training:
-            images = random_affine(images, degrees=10, shift=0.08, scale=0.1)
+            moves = self.idx.augment
+            if moves.degrees or moves.shift or moves.scale:
+                images = random_affine(images, moves.degrees, moves.shift, moves.scale)
+            if moves.flip if self.hparams.flip is None else self.hparams.flip:
+                flipped = torch.rand(len(images), 1, 1, 1, device=images.device) < 0.5
+                images = torch.where(flipped, images.flip(-1), images)
         return images
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, ...], dataloader_idx: int) -> tuple[torch.Tensor, ...]:
@@ -292,20 +404,23 @@ class DigitsDataModule(OfflineDataModule):
 
 
 class MNISTDataModule(DigitsDataModule):
-    """Handwritten digits for classification, real MNIST when it can be had.
+    """28x28 grey images for classification: handwritten digits, real MNIST when it can be had, or clothes.
 
     Args:
         dataset: ``mnist`` (torchvision's MNIST files in ``data_dir``, downloaded if missing),
-            ``digits`` (scikit-learn's bundled scans) or ``auto`` (MNIST if present or
-            downloadable, else digits).
-        data_dir: Folder holding ``MNIST/raw``; downloads go there.
+            ``digits`` (scikit-learn's bundled scans), ``auto`` (MNIST if present or downloadable,
+            else digits) or ``fashion_mnist`` (Zalando's clothes photos: ``data_dir/FashionMNIST/raw``,
+            else Debian's ``dataset-fashion-mnist`` folder, else downloaded).
+        data_dir: Folder holding ``MNIST/raw`` and ``FashionMNIST/raw``; downloads go there.
         val_fraction: Share of the training images held out for validation.
-        test_fraction: Share of the digits held out for testing (MNIST has its own test set).
+        test_fraction: Share of the digits held out for testing (MNIST and Fashion-MNIST have their own test set).
         batch_size: Images per batch.
-        augment: Random rotation, shift and zoom of training batches.
+        augment: Random moves of training batches, chosen per dataset: digits are rotated, shifted
+            and zoomed; clothes shifted and flipped left-right.
+        flip: Flip training images left-right at random; null: per dataset (clothes yes, digits never).
         num_workers: DataLoader worker processes (0 loads in the main process).
         seed: Seed of the train/val/test split and of the labelled subset.
-        classes: Keep only these digits, relabelled 0..k-1 in this order (``label_names`` are the digits).
+        classes: Keep only these classes, relabelled 0..k-1 in this order (``label_names`` are their names).
         labels_per_class: Keep only this many training images of each class (a label budget);
             validation and test sets stay whole.
         predict_path: Folder of PNG/JPEG images or a ``.npy`` array of 28x28 images, for ``predict``.
@@ -313,12 +428,13 @@ class MNISTDataModule(DigitsDataModule):
 
     def __init__(
         self,
-        dataset: Literal["auto", "mnist", "digits"] = "auto",
+        dataset: Literal["auto", "mnist", "digits", "fashion_mnist"] = "auto",
         data_dir: str = "data",
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         batch_size: int = 64,
         augment: bool = True,
+        flip: bool | None = None,
         num_workers: int = 0,
         seed: int = 0,
         classes: list[int] | None = None,

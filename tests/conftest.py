@@ -80,10 +80,12 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
         path.write_bytes(payload)
 
 
-def write_mnist(data_dir: Path, n_train: int = 60, n_test: int = 20, compress: bool = False, seed: int = 0) -> None:
-    """A tiny MNIST in torchvision's layout: ``data_dir/MNIST/raw/*-idx?-ubyte``."""
+def write_mnist(data_dir: Path, n_train: int = 60, n_test: int = 20, compress: bool = False, seed: int = 0,
+                folder: str = "MNIST") -> None:
+    """A tiny MNIST (or, with ``folder="FashionMNIST"``, Fashion-MNIST) in torchvision's layout:
+    ``data_dir/<folder>/raw/*-idx?-ubyte``."""
     rng = np.random.default_rng(seed)
-    raw = data_dir / "MNIST" / "raw"
+    raw = data_dir / folder / "raw"
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, compress)

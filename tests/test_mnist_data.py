@@ -213,7 +213,7 @@ def test_label_budget_keeps_n_per_class_in_train_only() -> None:
     "kwargs, message",
     [
         ({"labels_per_class": 1000}, "--data.labels_per_class 1000: the training split has only"),
-        ({"classes": [3]}, "--data.classes \\[3\\]: name at least two different digits"),
+        ({"classes": [3]}, "--data.classes \\[3\\]: name at least two different classes"),
         ({"classes": [3, 12]}, "--data.classes"),
     ],
 )
