@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import ae_vs_pca, attention_vs_none, gpu, mnist_baseline
+from benchmarks import ae_vs_pca, attention_vs_none, fashion, gpu, mnist_baseline
 from benchmarks.data_path import data_path
 from benchmarks.decoding import decoding
 from benchmarks.harness import Row, machine, not_measured
@@ -62,6 +62,9 @@ MEASURES: list[tuple[str, Measure]] = [
     ("AE vs PCA", ae_vs_pca.row),
     ("attention vs none", attention_vs_none.row),
     ("finetune vs scratch", provided("finetune_vs_scratch", "row", "Quality: finetuned vs trained from scratch")),
+    ("Fashion-MNIST LeNet vs forest", fashion.lenet_row),
+    ("Fashion-MNIST AE vs PCA", fashion.autoencoder_row),
+    ("Fashion-MNIST finetune vs scratch", fashion.finetune_row),
     # On a machine without CUDA, each GPU entry is one row marked not measured.
     ("GPU data path", gpu.lenet_data_path),
     ("GPU precision and compile", gpu.lenet_precision_and_compile),

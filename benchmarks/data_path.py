@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from benchmarks.harness import Row, fmt_ratio, interleaved, ratio
-from benchmarks.overhead import mnist_shaped_digits
+from benchmarks.overhead import epoch_images
 from datamodules.mnist import MEAN, STD, MNISTDataModule, TensorBatches, keep_batch
 
 
@@ -30,8 +30,8 @@ class PILDigits(Dataset):
 
 
 def data_path(quick: bool) -> Row:
-    n, repeats, batch_size = (2_000, 3, 64) if quick else (20_000, 5, 64)
-    images, labels = mnist_shaped_digits(n)
+    images, labels, what = epoch_images(quick, 2_000, 20_000)
+    n, repeats, batch_size = len(images), 3 if quick else 5, 64
     dm = MNISTDataModule(dataset="digits", batch_size=batch_size)
     dm.trainer = SimpleNamespace(training=True)  # so on_after_batch_transfer augments, as in fit
     tensor_loader = DataLoader(TensorBatches(images, labels), batch_size=batch_size, shuffle=True, collate_fn=keep_batch)
@@ -64,7 +64,7 @@ def data_path(quick: bool) -> Row:
         goal=">= 10x",
         met=median >= 10,
         data=(
-            f"{n:,} MNIST-shaped digits, batch {batch_size}, main-process loading; both rotate, shift and scale "
+            f"{what}, batch {batch_size}, main-process loading; both rotate, shift and scale "
             "each image by its own random amount, interpolating bilinearly"
         ),
     )

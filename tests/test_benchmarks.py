@@ -4,6 +4,8 @@ and a whole ``python -m benchmarks`` run over stand-in measures (the real ones t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -135,3 +137,20 @@ def test_only_measures_the_rows_whose_label_matches(tmp_path, monkeypatch, capsy
         benchmarks_main.main(["--only", "nothing like it", "--output", str(output)])
     assert error.value.code == 2
     assert "--only 'nothing like it': no row label contains it" in capsys.readouterr().err
+
+
+def test_a_full_runs_image_rows_take_fashion_mnist_when_it_is_here(tmp_path, monkeypatch) -> None:
+    from benchmarks import fashion
+    from benchmarks.overhead import epoch_images
+    from conftest import write_mnist
+
+    from datamodules.mnist import IDX_DATASETS
+
+    monkeypatch.setattr(fashion, "DATA_DIR", str(tmp_path))
+    monkeypatch.setitem(IDX_DATASETS, "fashion_mnist", replace(IDX_DATASETS["fashion_mnist"], system_dir=""))  # not Debian's
+    assert epoch_images(False, 10, 50)[2] == "50 MNIST-shaped digits (scikit-learn's, tiled)"
+    assert "Fashion-MNIST is not in" in fashion.lenet_row(False).data
+    write_mnist(tmp_path, n_train=70, n_test=20, folder="FashionMNIST")
+    images, labels, what = epoch_images(False, 10, 50)
+    assert images.shape == (70, 28, 28) and len(labels) == 70 and what == "70 Fashion-MNIST training images"
+    assert epoch_images(True, 10, 50)[2] == "10 MNIST-shaped digits (scikit-learn's, tiled)"  # quick: never

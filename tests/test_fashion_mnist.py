@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,7 +30,7 @@ def no_system_package(tmp_path: Path, monkeypatch) -> Path:
     """Debian's folder, moved where each test controls it (empty unless the test fills it)."""
     folder = tmp_path / "usr-share-datasets-fashion-mnist"
     fashion = IDX_DATASETS["fashion_mnist"]
-    monkeypatch.setitem(IDX_DATASETS, "fashion_mnist", type(fashion)(**{**fashion.__dict__, "system_dir": str(folder)}))
+    monkeypatch.setitem(IDX_DATASETS, "fashion_mnist", replace(fashion, system_dir=str(folder)))
     return folder
 
 
@@ -168,3 +169,20 @@ def test_finetune_data_takes_fashion_mnist_with_its_statistics(tmp_path: Path) -
     dm = ImageDataModule(dataset="fashion_mnist", data_dir=str(tmp_path))
     assert dm.label_names == CLOTHES[5:] and dm.input_stats == (0.2860, 0.3530)
     assert ImageDataModule(dataset="digits").input_stats == (mnist.MEAN, mnist.STD)
+
+
+@pytest.mark.parametrize("problem", ["missing", "truncated"])
+def test_fit_stops_on_a_file_problem_with_one_line_and_exit_code_2(problem: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    if problem == "truncated":
+        write_mnist(tmp_path / "data", folder="FashionMNIST", compress=True)
+        bad = tmp_path / "data/FashionMNIST/raw/train-labels-idx1-ubyte.gz"
+        bad.write_bytes(gzip.compress(gzip.decompress(bad.read_bytes())[:20]))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        mnist_app.main(["fit", "--data.dataset=fashion_mnist", "--trainer.fast_dev_run=true"])
+    assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    expected = {"missing": "Fashion-MNIST is not in data/FashionMNIST/raw nor in ",
+                "truncated": "FashionMNIST/raw/train-labels-idx1-ubyte: corrupt Fashion-MNIST IDX file (truncated or padded: 20 bytes"}
+    assert len(errors) == 1 and expected[problem] in errors[0], errors
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.ckpt"))
