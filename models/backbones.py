@@ -73,6 +73,7 @@ def backbone_config_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
             "image_shape": list(h["image_shape"]),
             "batch_norm": h["batch_norm"],
             "dropout": h["dropout"],
+            "channels": list(h.get("channels", (6, 16))),  # checkpoints from before the option: the paper's
         }
     return {"kind": "autoencoder", "image_shape": list(h["image_shape"]), "latent_size": h["latent_size"], "channels": h["channels"]}
 
@@ -97,7 +98,8 @@ def lenet_body(lenet: LeNet5) -> nn.Sequential:
 
 
 def lenet_of(config: dict[str, Any]) -> LeNet5:
-    return LeNet5(config["num_classes"], tuple(config["image_shape"]), config["batch_norm"], config["dropout"])
+    channels = tuple(config.get("channels", (6, 16)))
+    return LeNet5(config["num_classes"], tuple(config["image_shape"]), config["batch_norm"], config["dropout"], channels)
 
 
 def build_backbone(

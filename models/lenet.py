@@ -11,7 +11,7 @@ class LeNet5(nn.Module):
 
     ReLU and max-pooling replace the paper's scaled tanh and subsampling layers, as in most modern
     re-implementations. The first convolution pads by 2 so a 28x28 MNIST digit gets the 32x32 input
-    the paper used.
+    the paper used. ``channels`` widens the two convolutions (the paper's 6 and 16 by default).
     """
 
     def __init__(
@@ -20,8 +20,10 @@ class LeNet5(nn.Module):
         image_shape: tuple[int, int, int] = (1, 28, 28),
         batch_norm: bool = False,
         dropout: float = 0.0,
+        channels: tuple[int, int] = (6, 16),
     ) -> None:
         super().__init__()
+        c1, c2 = channels
 
         def conv(c_in: int, c_out: int, padding: int) -> list[nn.Module]:
             norm = [nn.BatchNorm2d(c_out)] if batch_norm else []
@@ -31,8 +33,8 @@ class LeNet5(nn.Module):
             norm = [nn.BatchNorm1d(n_out)] if batch_norm else []
             return [nn.Linear(n_in, n_out), *norm, nn.ReLU(), nn.Dropout(dropout)]
 
-        self.features = nn.Sequential(*conv(image_shape[0], 6, padding=2), *conv(6, 16, padding=0))
-        with torch.no_grad():  # 16 x 5 x 5 for 28x28 inputs
+        self.features = nn.Sequential(*conv(image_shape[0], c1, padding=2), *conv(c1, c2, padding=0))
+        with torch.no_grad():  # c2 x 5 x 5 for 28x28 inputs
             n_features = self.features(torch.zeros(1, *image_shape)).numel()
         self.classifier = nn.Sequential(
             *dense(n_features, 120), *dense(120, 84), nn.Linear(84, num_classes)

@@ -18,6 +18,7 @@ class LeNetClassifier(Classifier):
         image_shape: ``(channels, height, width)`` of the inputs; linked from the DataModule.
         batch_norm: Batch normalisation after every convolution and hidden dense layer.
         dropout: Dropout probability after the hidden dense layers.
+        channels: Output channels of the two convolutions (LeNet-5's are 6 and 16).
         optimizer: Optimizer class and arguments.
         scheduler: Optional learning-rate scheduler.
         label_smoothing: Cross-entropy label smoothing.
@@ -30,13 +31,14 @@ class LeNetClassifier(Classifier):
         image_shape: tuple[int, int, int] = (1, 28, 28),
         batch_norm: bool = True,
         dropout: float = 0.1,
+        channels: tuple[int, int] = (6, 16),
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
         max_misclassified: int = 64,
     ) -> None:
         super().__init__(label_names, optimizer, scheduler, label_smoothing)
-        self.net = LeNet5(len(label_names), tuple(image_shape), batch_norm, dropout)
+        self.net = LeNet5(len(label_names), tuple(image_shape), batch_norm, dropout, tuple(channels))
         self.misclassified: list[torch.Tensor] = []
 
     def on_test_epoch_start(self) -> None:
