@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import DataLoader
 
@@ -39,6 +39,34 @@ class RunRecord(Callback):
         wandb_ids = [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         checkpoint["run"] = {"app": self.app, "seed": self.seed, "wandb_id": wandb_ids[0] if wandb_ids else None,
                              "config": self.config}
+
+
+class Checkpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` (``--checkpoint.*``), whose ``last.ckpt`` is written every time
+    a checkpoint is due (each epoch's end, or each validation's when validation runs within an epoch),
+    as ``fit --ckpt_path last`` needs.
+
+    Lightning 2.6 writes ``last.ckpt`` only when a best checkpoint is written at the same step: in a run
+    whose monitored metric stops improving it stays at the last improvement, so a killed run resumed
+    from there, trained those epochs again with other random draws and ended elsewhere. Four private
+    methods; ``tests/test_lightning_api.py`` fails when they change.
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def _save_last_if_behind(self, trainer: Trainer) -> None:
+        # Skipped during the sanity check and outside fit, or when a checkpoint of this step is saved
+        # already (Lightning then saved last.ckpt with it).
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:

@@ -1,11 +1,12 @@
 """The LightningCLI every app is: ``python -m apps.<name> fit|validate|test|predict|serve`` (``apps/serve.py``).
 
 Once for all apps: the app's ``config.yaml`` as defaults; a ``ModelCheckpoint`` on the app's validation
-metric plus ``last.ckpt``; CSV and W&B loggers (W&B offline by itself without credentials), all under
-``--trainer.default_root_dir`` (``runs/<name>``); ``fit`` ends by testing the best checkpoint;
-``test``/``validate``/``predict`` need only ``--ckpt_path``; ``fit --ckpt_path last`` continues the newest
-run of the same settings (or ``--run NAME``); ``predict --output FILE``; bad input ends in one ``error:``
-line and exit code 2, a run that cannot go on in exit code 1.
+metric plus ``last.ckpt`` after every validation (``apps.callbacks.Checkpoint``); CSV and W&B loggers
+(W&B offline by itself without credentials), all under ``--trainer.default_root_dir`` (``runs/<name>``);
+``fit`` ends by testing the best checkpoint; ``test``/``validate``/``predict`` need only ``--ckpt_path``;
+``fit --ckpt_path last`` continues the newest run of the same settings (or ``--run NAME``); ``predict
+--output FILE``; bad input ends in one ``error:`` line and exit code 2, a run that cannot go on in exit
+code 1.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from urllib.parse import urlparse
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer, loggers
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from apps.callbacks import CheckpointRoom, EpochSeeds, FiniteLoss, PredictionWriter, RunRecord, TrainingStopped, rows_until
+from apps.callbacks import Checkpoint, CheckpointRoom, EpochSeeds, FiniteLoss, PredictionWriter, RunRecord, TrainingStopped, rows_until
 from apps.serve import ServingTrainer
 from datamodules.base import DataError
 
@@ -168,7 +169,7 @@ class AppCLI(LightningCLI):
         return {**LightningCLI.subcommands(), "serve": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": self.monitor, "checkpoint.mode": self.mode, "checkpoint.save_last": True,
                              "checkpoint.filename": "best-epoch{epoch:02d}", "checkpoint.auto_insert_metric_name": False})
         for attribute in self.links:

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
+from torch.optim import Optimizer
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
@@ -133,12 +134,16 @@ class TrainingModule(LightningModule):
         self.log_stage_metrics("test")
 
     def configure_optimizers(self) -> Any:
-        """The injected optimizer over what trains from the start (a ``BaseFinetuning`` callback adds
-        frozen parts later), and its scheduler if one was given."""
-        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        """The optimizer of ``build_optimizer``, and its scheduler if one was given."""
+        optimizer = self.build_optimizer()
         if self.scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "monitor": "val/loss"}}
+
+    def build_optimizer(self) -> Optimizer:
+        """The injected optimizer over every parameter that requires grad. A subclass that trains parts
+        at other learning rates overrides this and adds parameter groups."""
+        return self.optimizer([p for p in self.parameters() if p.requires_grad])
 
     def run_dir(self) -> Path:
         """The folder of the current run: the first logger's version folder, else the root dir."""

@@ -2,8 +2,9 @@
 
 The backbone is a torchvision classification model by name (``resnet18``), with the weights of its
 weight enum, or a checkpoint of ``apps.mnist`` or ``apps.autoencoder`` (``models/backbones.py``).
-The head is one linear layer sized from the backbone's output. ``UnfreezeBackbone`` can train the
-head alone first and unfreeze the backbone at a given epoch, with a lower learning rate.
+The head is one linear layer sized from the backbone's output. The model can train the head alone
+first and the backbone from a given epoch on, at a lower learning rate (``unfreeze_at_epoch``,
+``backbone_lr_factor``).
 
 Hooks, as a DataModule's: ``prepare_data`` downloads torchvision weights; ``configure_model`` builds
 the backbone and head and, for ``fit``, loads the pretrained weights. The backbone checkpoint's
@@ -15,8 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BaseFinetuning
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
@@ -42,13 +41,14 @@ class FinetuneClassifier(Classifier):
         unfreeze_at_epoch: Epoch at which the backbone starts training; until then only the head does.
         backbone_lr_factor: The backbone's learning rate once unfrozen, as a fraction of the head's.
         train_bn: Train the backbone's batch norm layers (and update their statistics) from the
-            start; false keeps them as pretrained, even after unfreezing.
+            start, at the head's learning rate; false keeps them as pretrained, even after unfreezing.
         dropout: Dropout before the head.
         input_stats: ``(mean, std)`` the DataModule normalised pixels with; linked from the DataModule.
             Undone before an autoencoder's encoder, which takes [0, 1] pixels.
         backbone_config: Architecture of a checkpoint backbone. ``fit`` fills it in from the
             backbone checkpoint; leave it unset.
-        optimizer: Optimizer class and arguments (of the head; the backbone's group is added at unfreezing).
+        optimizer: Optimizer class and arguments (the head's; the backbone's group takes its learning
+            rate times ``backbone_lr_factor``).
         scheduler: Optional learning-rate scheduler.
         label_smoothing: Cross-entropy label smoothing.
     """
@@ -94,6 +94,11 @@ class FinetuneClassifier(Classifier):
                 self.hparams.backbone_config = config
         self.backbone, n_features = build_backbone(self.hparams.backbone, config, tuple(self.hparams.input_stats))
         self.head = nn.Sequential(nn.Dropout(self.hparams.dropout), nn.Linear(n_features, len(self.hparams.label_names)))
+        # What requires grad is settled here, before DDP wraps the model: everything that ever trains,
+        # the held backbone too (``on_after_backward``); without train_bn, batch norm never trains.
+        if not self.hparams.train_bn:
+            for module in self.batch_norms():
+                module.requires_grad_(False)
         if self._fitting():
             if self.hparams.pretrained:
                 self.load_pretrained()
@@ -112,47 +117,39 @@ class FinetuneClassifier(Classifier):
         """(B, C, H, W) images -> (B, num_classes) logits."""
         return self.head(self.backbone(images))
 
-    def configure_callbacks(self) -> list[BaseFinetuning]:
-        if any(isinstance(c, UnfreezeBackbone) for c in self.trainer.callbacks):  # testing after fit
-            return []
-        h = self.hparams
-        return [UnfreezeBackbone(h.unfreeze_at_epoch, h.backbone_lr_factor, h.train_bn)]
+    def batch_norms(self) -> list[_BatchNorm]:
+        """The backbone's batch norm layers."""
+        return [module for module in self.backbone.modules() if isinstance(module, _BatchNorm)]
 
+    def held_parameters(self) -> list[nn.Parameter]:
+        """The backbone's parameters that train from ``unfreeze_at_epoch`` on: all but its batch norm
+        layers' (which train from the start with ``train_bn``, else never)."""
+        norms = {id(p) for module in self.batch_norms() for p in module.parameters()}
+        return [p for p in self.backbone.parameters() if id(p) not in norms]
 
-class UnfreezeBackbone(BaseFinetuning):
-    """Freezes ``pl_module.backbone`` before training and unfreezes it at ``unfreeze_at_epoch``,
-    as a new optimizer parameter group with ``lr_factor`` times the head's learning rate.
+    def build_optimizer(self) -> Optimizer:
+        """Two groups from the start: what trains from the first step (the head, and the backbone's
+        batch norm layers with ``train_bn``), and the held backbone at ``backbone_lr_factor`` times
+        the first group's learning rate. A scheduler then sees both, and a resumed run restores both."""
+        held = self.held_parameters()
+        ids = {id(p) for p in held}
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad and id(p) not in ids])
+        optimizer.add_param_group({"params": held, "lr": optimizer.param_groups[0]["lr"] * self.hparams.backbone_lr_factor})
+        return optimizer
 
-    Args:
-        unfreeze_at_epoch: Epoch whose start unfreezes the backbone (0: train it from the start).
-        lr_factor: The backbone group's learning rate relative to the first group's at that moment.
-        train_bn: Whether the backbone's batch norm layers train; if not they stay frozen and in
-            eval mode, so they normalise with their pretrained statistics.
-    """
+    def on_after_backward(self) -> None:
+        """Before ``unfreeze_at_epoch``, drop the held backbone's gradients (after DDP has averaged
+        them): the optimizer skips a parameter without one, so it neither moves, decays nor gathers
+        moments, as if it were frozen. Frozen by ``requires_grad`` instead, DDP, which picks the
+        parameters it all-reduces when it wraps the model, would leave them out for good once they
+        unfreeze, and each rank would train a backbone of its own."""
+        if self.current_epoch < self.hparams.unfreeze_at_epoch:
+            for p in self.held_parameters():
+                p.grad = None
 
-    def __init__(self, unfreeze_at_epoch: int = 0, lr_factor: float = 1.0, train_bn: bool = True) -> None:
-        super().__init__()
-        self.unfreeze_at_epoch, self.lr_factor, self.train_bn = unfreeze_at_epoch, lr_factor, train_bn
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        pl_module.configure_model()  # the backbone must exist to be frozen; building it twice is a no-op
-        super().setup(trainer, pl_module, stage)
-
-    def freeze_before_training(self, pl_module: LightningModule) -> None:
-        self.freeze(pl_module.backbone, train_bn=self.train_bn)
-
-    def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        if epoch == self.unfreeze_at_epoch:
-            lr = optimizer.param_groups[0]["lr"] * self.lr_factor
-            self.unfreeze_and_add_param_group(pl_module.backbone, optimizer, lr=lr, train_bn=self.train_bn)
-            if not self.train_bn:  # unfreeze_and_add_param_group made them trainable; they are not in the group
-                for module in pl_module.backbone.modules():
-                    if isinstance(module, _BatchNorm):
-                        self.freeze_module(module)
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
-        if not self.train_bn:  # Lightning puts the whole model in train mode each epoch
-            for module in pl_module.backbone.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+    def on_train_epoch_start(self) -> None:
+        """Without ``train_bn``, the backbone's batch norm layers run in eval mode, so they normalise
+        with their pretrained statistics (validation gives each module back the mode it had)."""
+        if not self.hparams.train_bn:
+            for module in self.batch_norms():
+                module.eval()

@@ -230,14 +230,18 @@ APPS = {
     "translate": App(
         module="apps.translate.__main__",
         data=["--data.dataset=cldr", "--data.size=1500"],
-        train=["--trainer.max_epochs=2", "--model.embedding_dim=32", "--model.hidden_size=64", "--model.beam_size=2"],
+        # Small batches at a high rate: in 3 epochs the model spells numbers and names it was taught. It
+        # still gets no 4-gram of a val phrase right, so val/bleu, the app's monitor, stays 0 and would keep
+        # epoch 0 as the best; the character-level val/chrf picks the epoch instead.
+        train=["--trainer.max_epochs=3", "--data.batch_size=16", "--model.optimizer.lr=0.01", "--checkpoint.monitor=val/chrf",
+               "--model.embedding_dim=32", "--model.hidden_size=64", "--model.beam_size=2"],
         predict_inputs=phrases_inputs,
         spoil=spoil_pairs,
         conflict=(["fit", "--data.dataset=tsv"], "--data.path"),
         pictures=["test_attention.png"],
         metrics={"train/loss", "val/loss", "val/exact_match", "test/exact_match", "test/bleu", "test/chrf"},
         predicted="translation",
-        min_predict_accuracy=0.0,  # a 2-epoch tiny model gets few phrases exactly right; rows and order are checked
+        min_predict_accuracy=0.0,  # few phrases exactly right: test_apps checks each is closer to its own reference
     ),
     "tabular": App(  # the minimal app of tests/tabular_app, built from the bases
         module="tabular_app.__main__",

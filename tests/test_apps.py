@@ -111,17 +111,16 @@ def test_test_and_predict_need_only_the_checkpoint(trained, tmp_path: Path, monk
     assert len(rows) == len(truth)
     assert all(0 <= float(row["probability"]) <= 1 for row in rows)  # a long sequence's may underflow to 0
     outputs = [row[app.predicted] for row in rows]
-    if app.predicted == "translation":  # few exact matches after 2 epochs: closer to its own reference than to others
+    if app.predicted == "translation":  # few exact matches: closer to its own reference than to the others'
         from difflib import SequenceMatcher
 
         def similarity(pairs) -> float:
             return float(np.mean([SequenceMatcher(None, a, b).ratio() for a, b in pairs]))
 
+        # A constant output, or one unrelated to its input, is as close to another phrase's reference.
         shifted = truth[1:] + truth[:1]
-        if not similarity(zip(outputs, truth)) > similarity(zip(outputs, shifted)) + 0.1:
-            # Known: the registry's 2-epoch model translates next to nothing ("1", ""); the check is kept
-            # so the gap shows as xfail, not as a pass, until the test trains a model that translates.
-            pytest.xfail("the 2-epoch translate model is near constant: no closer to its references than to others")
+        own, others = similarity(zip(outputs, truth)), similarity(zip(outputs, shifted))
+        assert own > others + 0.1, (own, others, outputs[:5])
     accuracy = np.mean([output == label for output, label in zip(outputs, truth)])
     assert accuracy >= app.min_predict_accuracy
 
@@ -315,6 +314,4 @@ def test_ddp_on_two_cpu_processes_counts_each_example_once(name: str, tmp_path: 
     alone_val = printed(run(app, "validate", f"--ckpt_path={best}", "--trainer.logger=false"), "val")
     # printed to 4 decimals: equal up to that rounding
     assert alone_test.keys() == both_test.keys() and alone_test == pytest.approx(both_test, abs=1.01e-4)
-    if name == "finetune":  # known: a backbone unfrozen after DDP wrapped the model trains apart on each rank
-        return
     assert alone_val.keys() == both_val.keys() and alone_val == pytest.approx(both_val, abs=0.51e-4)

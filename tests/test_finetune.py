@@ -153,47 +153,57 @@ def test_torchvision_backbone_by_name_without_weights() -> None:
 
 
 class Record(Callback):
-    """What requires grad and the optimizer's groups, once per epoch, after every epoch-start hook."""
+    """At each epoch's first batch: what requires grad, the optimizer's groups, the batch norm layers'
+    mode, and copies of the held backbone's and of the batch norm layers' weights."""
 
     def __init__(self) -> None:
         self.epochs: list[dict] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == 0:
-            bn = [m for m in pl_module.backbone.modules() if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d)]
+            norms = pl_module.batch_norms()
             self.epochs.append(
                 {
                     "trainable": {n.split(".")[0] for n, p in pl_module.named_parameters() if p.requires_grad},
-                    "bn_trainable": any(p.requires_grad for m in bn for p in m.parameters()),
-                    "bn_training": any(m.training for m in bn),
+                    "bn_trainable": any(p.requires_grad for m in norms for p in m.parameters()),
+                    "bn_training": any(m.training for m in norms),
                     "lrs": [g["lr"] for g in trainer.optimizers[0].param_groups],
                     "sizes": [len(g["params"]) for g in trainer.optimizers[0].param_groups],
+                    "held": [p.detach().clone() for p in pl_module.held_parameters()],
+                    "bn": [p.detach().clone() for m in norms for p in m.parameters()],
                 }
             )
 
 
 @pytest.mark.parametrize("train_bn", [False, True])
-def test_backbone_is_frozen_then_unfrozen_with_a_lower_learning_rate(backbones, train_bn: bool, tmp_path) -> None:
+def test_backbone_is_held_then_trains_with_a_lower_learning_rate(backbones, train_bn: bool, tmp_path) -> None:
+    """Held until epoch 2, the backbone does not move, yet it requires grad from the start (DDP all-reduces
+    only what requires grad when it wraps the model), in its own group at 0.1 of the head's rate."""
     data = ImageDataModule(dataset="digits", backbone=str(backbones["lenet"]), classes=[5, 6, 7, 8, 9], labels_per_class=4)
     module = FinetuneClassifier(
         data.label_names, backbone=str(backbones["lenet"]), unfreeze_at_epoch=2, backbone_lr_factor=0.1, train_bn=train_bn
     )
     record = Record()
     trainer = Trainer(
-        max_epochs=3, limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=4, limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[record], default_root_dir=tmp_path,
     )
     trainer.fit(module, datamodule=data)
-    before, after = record.epochs[1], record.epochs[2]
-    assert before["trainable"] == ({"head", "backbone"} if train_bn else {"head"})
-    assert before["bn_trainable"] == train_bn == before["bn_training"]
-    assert len(before["lrs"]) == 1
-    assert after["trainable"] == {"head", "backbone"}
-    assert after["bn_trainable"] == train_bn == after["bn_training"]
-    assert after["lrs"] == pytest.approx([before["lrs"][0], 0.1 * before["lrs"][0]])
-    bn = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
-    in_group = [p for m in module.backbone.modules() if train_bn or not isinstance(m, bn) for p in m.parameters(recurse=False)]
-    assert after["sizes"][-1] == len(in_group) - (sum(before["sizes"]) - len(list(module.head.parameters())))
+    first, held, trained = record.epochs[0], record.epochs[2], record.epochs[3]
+    for epoch in record.epochs:
+        assert epoch["trainable"] == {"head", "backbone"}
+        assert epoch["bn_trainable"] == train_bn == epoch["bn_training"]
+        assert epoch["lrs"] == pytest.approx([first["lrs"][0], 0.1 * first["lrs"][0]])
+    assert all(torch.equal(a, b) for a, b in zip(first["held"], held["held"]))  # two epochs held
+    assert not any(torch.equal(a, b) for a, b in zip(held["held"], trained["held"]) if a.dim() > 1)  # then trained
+    assert first["bn"] and all(torch.equal(a, b) for a, b in zip(first["bn"], held["bn"])) != train_bn
+    norms = {id(p) for m in module.batch_norms() for p in m.parameters()}
+    held_ids = {id(p) for p in module.held_parameters()}
+    assert held_ids and not held_ids & norms and held_ids | norms == {id(p) for p in module.backbone.parameters()}
+    assert first["sizes"][1] == len(held_ids)
+    assert {id(p) for p in trainer.optimizers[0].param_groups[1]["params"]} == held_ids
+    head_group = {id(p) for p in trainer.optimizers[0].param_groups[0]["params"]}
+    assert head_group == {id(p) for p in module.head.parameters()} | (norms if train_bn else set())
 
 
 def test_lenet_backbone_fit_then_test_and_predict_need_only_the_finetuned_checkpoint(backbones, tmp_path, monkeypatch) -> None:
