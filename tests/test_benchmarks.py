@@ -154,3 +154,20 @@ def test_a_full_runs_image_rows_take_fashion_mnist_when_it_is_here(tmp_path, mon
     images, labels, what = epoch_images(False, 10, 50)
     assert images.shape == (70, 28, 28) and len(labels) == 70 and what == "70 Fashion-MNIST training images"
     assert epoch_images(True, 10, 50)[2] == "10 MNIST-shaped digits (scikit-learn's, tiled)"  # quick: never
+
+
+@pytest.mark.slow
+def test_the_fashion_mnist_rows_run_end_to_end_on_a_small_copy(tmp_path, monkeypatch) -> None:
+    """The full run's three Fashion-MNIST rows, on 300 written images instead of 70,000 (a few minutes)."""
+    from benchmarks import fashion
+    from conftest import write_mnist
+    from datamodules.mnist import IDX_DATASETS
+
+    write_mnist(tmp_path, n_train=300, n_test=100, folder="FashionMNIST", compress=True)
+    monkeypatch.setattr(fashion, "DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(fashion, "DATA_ARGS", ["--data.dataset=fashion_mnist", f"--data.data_dir={tmp_path}", "--trainer.max_epochs=2"])
+    monkeypatch.setitem(IDX_DATASETS, "fashion_mnist", replace(IDX_DATASETS["fashion_mnist"], system_dir=""))
+    rows = [fashion.lenet_row(False), fashion.autoencoder_row(False), fashion.finetune_row(False, seeds=(0, 1))]
+    assert all(row.met is not None for row in rows), [row.markdown() for row in rows]  # measured, with a verdict
+    assert rows[0].measured.startswith("LeNet ") and "vs forest" in rows[0].measured
+    assert "PCA" in rows[1].measured and "paired standard error" in rows[2].measured
