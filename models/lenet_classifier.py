@@ -1,4 +1,4 @@
-"""LeNet-5 digit classifier: ``python -m apps.mnist fit``."""
+"""LeNet-5 image classifier (digits, or clothes with Fashion-MNIST): ``python -m apps.mnist fit``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from models.lenet import LeNet5
 
 
 class LeNetClassifier(Classifier):
-    """LeNet-5 trained with cross-entropy; tests report a confusion matrix and misclassified digits.
+    """LeNet-5 trained with cross-entropy; tests report a confusion matrix and misclassified images.
 
     Args:
         label_names: Class names in label order; linked from the DataModule.
@@ -56,4 +56,4 @@ class LeNetClassifier(Classifier):
         wrong = torch.cat(self.misclassified)[: self.hparams.max_misclassified]
         if len(wrong):
             grid = make_grid(wrong, nrow=8, normalize=True, pad_value=1.0)  # (3, H, W) in [0, 1]
-            self.log_image("test/misclassified", grid, f"{len(wrong)} misclassified test digits")
+            self.log_image("test/misclassified", grid, f"{len(wrong)} misclassified test images")

@@ -25,7 +25,7 @@ def prepared(**kwargs) -> MNISTDataModule:
     return dm
 
 
-def test_mnist_files_load_through_torchvision_readers(tmp_path: Path, capsys) -> None:
+def test_mnist_files_load_as_uint8_splits(tmp_path: Path, capsys) -> None:
     write_mnist(tmp_path, n_train=60, n_test=20)
     dm = prepared(dataset="mnist", data_dir=str(tmp_path), val_fraction=0.25)
     train_x, train_y = dm.splits["train"].tensors

@@ -1,6 +1,7 @@
-"""Train LeNet-5 on handwritten digits (MNIST, or scikit-learn's digits offline).
+"""Train LeNet-5 (widened) on handwritten digits (MNIST, or scikit-learn's digits offline) or on Fashion-MNIST.
 
     python -m apps.mnist fit
+    python -m apps.mnist fit --data.dataset=fashion_mnist --data.data_dir=DIR     # clothes: README, "Fashion-MNIST offline"
     python -m apps.mnist test --ckpt_path runs/mnist/version_0/checkpoints/last.ckpt
     python -m apps.mnist predict --ckpt_path CKPT --data.predict_path my_digits/ --output predictions.csv
 """
