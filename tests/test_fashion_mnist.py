@@ -20,6 +20,7 @@ from datamodules import mnist
 from datamodules.base import DataError
 from datamodules.images import ImageDataModule
 from datamodules.mnist import IDX_DATASETS, MNISTDataModule
+from test_mnist_data import prepared
 
 CLOTHES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 QUIET = ["--trainer.logger=false", "--trainer.enable_progress_bar=false"]
@@ -32,13 +33,6 @@ def no_system_package(tmp_path: Path, monkeypatch) -> Path:
     fashion = IDX_DATASETS["fashion_mnist"]
     monkeypatch.setitem(IDX_DATASETS, "fashion_mnist", replace(fashion, system_dir=str(folder)))
     return folder
-
-
-def prepared(**kwargs) -> MNISTDataModule:
-    dm = MNISTDataModule(**kwargs)
-    dm.prepare_data()
-    dm.setup("fit")
-    return dm
 
 
 def test_fashion_mnist_from_data_dir_has_clothes_names_and_its_own_statistics(tmp_path: Path, capsys) -> None:
