@@ -95,7 +95,8 @@ class OfflineDataModule(LightningDataModule):
     What the base does for every DataModule:
 
     - ``prepare_data`` (rank zero): when ``--data.dataset`` is ``auto`` or ``download_name`` and the
-      dataset is not ``present()``, ``download()`` it, failing fast on a closed network; why it
+      dataset is not ``present()``, ``download()`` it through ``try_download``, failing fast on a
+      closed network (a subclass calls ``try_download`` for any other source it fetches); why it
       failed is kept in ``download_error``. A dataset asked for by name that is still missing is a
       ``DataError``.
     - ``setup``: the first fit/validate/test stage picks the dataset (``choose_source``), prints
@@ -173,15 +174,20 @@ class OfflineDataModule(LightningDataModule):
         """Download the real dataset once, on rank zero, when it may be used and is not on disk."""
         if not self.download_name or self.hparams.dataset not in ("auto", self.download_name) or self.present():
             return
-        ok, self.download_error = reachable(self.download_url)
+        self.try_download(self.download_url, self.download)
+        if self.hparams.dataset == self.download_name and not self.present():
+            raise DataError(self.unavailable())
+
+    def try_download(self, url: str, download: Callable[[], None]) -> None:
+        """Run ``download`` if ``url``'s host answers, every socket under a timeout; why it could not is
+        kept in ``download_error`` (any exception means "not downloadable")."""
+        ok, self.download_error = reachable(url)
         if ok:
             try:
                 with network_timeout():
-                    self.download()
+                    download()
             except Exception as err:  # noqa: BLE001 - any failure means "not downloadable"
                 self.download_error = f"download failed ({err})"
-        if self.hparams.dataset == self.download_name and not self.present():
-            raise DataError(self.unavailable())
 
     def unavailable(self) -> str:
         """The error for a dataset asked for by name that is neither here nor downloadable."""

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.datasets import MNIST, FashionMNIST
 
-from datamodules.base import DataError, OfflineDataModule, check_positive, network_timeout, reachable, seeded_split
+from datamodules.base import DataError, OfflineDataModule, check_positive, seeded_split
 
 # The four IDX files of MNIST and of Fashion-MNIST, by split: (images, labels).
 MNIST_FILES = {
@@ -234,6 +234,12 @@ def read_idx_split(raw_dir: Path, split: str, title: str = "MNIST") -> tuple[tor
     return images, labels.long()
 
 
+def download_idx(idx: IdxDataset, data_dir: str) -> None:
+    """Download both splits of ``idx`` into ``data_dir/<folder>/raw`` with torchvision."""
+    for train in (True, False):
+        idx.download(data_dir, train=train, download=True)
+
+
 def idx_files_in(folder: Path) -> bool:
     """``folder`` holds the four IDX files, each extracted or gzipped."""
     names = [name for pair in MNIST_FILES.values() for name in pair]
@@ -322,20 +328,12 @@ class DigitsDataModule(OfflineDataModule):
     def fetch_idx(self) -> None:
         """Download the IDX dataset asked for by name (not MNIST: the base does) into ``data_dir``, failing fast."""
         idx = self.idx
-        ok, self.download_error = reachable(idx.download.mirrors[0])
-        if ok:
-            try:
-                with network_timeout():
-                    for train in (True, False):
-                        idx.download(self.hparams.data_dir, train=train, download=True)
-            except Exception as err:  # noqa: BLE001 - any failure means "not downloadable"
-                self.download_error = f"download failed ({err})"
+        self.try_download(idx.download.mirrors[0], lambda: download_idx(idx, self.hparams.data_dir))
         if self.idx_dir() is None:
             raise DataError(self.unavailable())
 
     def download(self) -> None:
-        for train in (True, False):
-            MNIST(self.hparams.data_dir, train=train, download=True)
+        download_idx(IDX_DATASETS["mnist"], self.hparams.data_dir)
 
     def missing(self) -> str:
         where = f"{self.raw_dir} nor in {self.idx.system_dir}" if self.idx.system_dir else str(self.raw_dir)
