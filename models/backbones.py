@@ -93,8 +93,9 @@ class Pixels(nn.Module):
 
 
 def lenet_body(lenet: LeNet5) -> nn.Sequential:
-    """LeNet without its last layer: (B, 1, 28, 28) -> (B, 84) features."""
-    return nn.Sequential(lenet.features, nn.Flatten(), *lenet.classifier[:-1])
+    """LeNet's convolutions, flattened: (B, 1, 28, 28) -> (B, c2 * 5 * 5) features. The dense layers stay
+    behind: trained to separate the pretraining classes, they transfer worse (docs/finetune.md)."""
+    return nn.Sequential(lenet.features, nn.Flatten())
 
 
 def lenet_of(config: dict[str, Any]) -> LeNet5:
@@ -115,7 +116,7 @@ def build_backbone(
         return net, last.in_features
     if config["kind"] == "lenet":
         lenet = lenet_of(config)
-        return lenet_body(lenet), lenet.classifier[-1].in_features
+        return lenet_body(lenet), lenet.classifier[0].in_features
     encoder = ConvEncoder(tuple(config["image_shape"]), config["latent_size"], config["channels"])
     return nn.Sequential(Pixels(*input_stats), encoder), config["latent_size"]
 
@@ -165,7 +166,7 @@ def load_weights(backbone: nn.Module, name: str, config: dict[str, Any] | None) 
         lenet = lenet_of(config)
         lenet.load_state_dict(state)
         backbone.load_state_dict(lenet_body(lenet).state_dict())
-        return f"LeNet of apps.mnist trained on digits {', '.join(checkpoint['hyper_parameters']['label_names'])}"
+        return f"LeNet of apps.mnist trained on classes {', '.join(checkpoint['hyper_parameters']['label_names'])}"
     encoder = {key[len("encoder.") :]: value for key, value in state.items() if key.startswith("encoder.")}
     backbone[1].load_state_dict(encoder)
     return "encoder of apps.autoencoder"

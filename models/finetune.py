@@ -2,7 +2,7 @@
 
 The backbone is a torchvision classification model by name (``resnet18``), with the weights of its
 weight enum, or a checkpoint of ``apps.mnist`` or ``apps.autoencoder`` (``models/backbones.py``).
-The head is one linear layer sized from the backbone's output. The model can train the head alone
+The head is one linear layer sized from the backbone's output (a LeNet's: its convolutions). The model can train the head alone
 first and the backbone from a given epoch on, at a lower learning rate (``unfreeze_at_epoch``,
 ``backbone_lr_factor``).
 
