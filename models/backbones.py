@@ -74,6 +74,7 @@ def backbone_config_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
             "batch_norm": h["batch_norm"],
             "dropout": h["dropout"],
             "channels": list(h.get("channels", (6, 16))),  # checkpoints from before the option: the paper's
+            "dense_layers": False,  # the backbone is the convolutions (``lenet_body``)
         }
     return {"kind": "autoencoder", "image_shape": list(h["image_shape"]), "latent_size": h["latent_size"], "channels": h["channels"]}
 
@@ -92,10 +93,12 @@ class Pixels(nn.Module):
         return f"mean={self.mean}, std={self.std}"
 
 
-def lenet_body(lenet: LeNet5) -> nn.Sequential:
+def lenet_body(lenet: LeNet5, dense_layers: bool = False) -> nn.Sequential:
     """LeNet's convolutions, flattened: (B, 1, 28, 28) -> (B, c2 * 5 * 5) features. The dense layers stay
-    behind: trained to separate the pretraining classes, they transfer worse (docs/finetune.md)."""
-    return nn.Sequential(lenet.features, nn.Flatten())
+    behind: trained to separate the pretraining classes, they transfer worse (docs/finetune.md).
+    ``dense_layers`` keeps all but the last, (B, 84) features: the backbone of finetuned checkpoints
+    made before that change, whose ``backbone_config`` has no ``dense_layers`` key."""
+    return nn.Sequential(lenet.features, nn.Flatten(), *(lenet.classifier[:-1] if dense_layers else []))
 
 
 def lenet_of(config: dict[str, Any]) -> LeNet5:
@@ -115,8 +118,8 @@ def build_backbone(
         setattr(parent, name.rpartition(".")[2], nn.Identity())  # resnet18: fc -> Identity, 512 features
         return net, last.in_features
     if config["kind"] == "lenet":
-        lenet = lenet_of(config)
-        return lenet_body(lenet), lenet.classifier[0].in_features
+        lenet, dense_layers = lenet_of(config), config.get("dense_layers", True)
+        return lenet_body(lenet, dense_layers), lenet.classifier[-1 if dense_layers else 0].in_features
     encoder = ConvEncoder(tuple(config["image_shape"]), config["latent_size"], config["channels"])
     return nn.Sequential(Pixels(*input_stats), encoder), config["latent_size"]
 
@@ -165,7 +168,7 @@ def load_weights(backbone: nn.Module, name: str, config: dict[str, Any] | None) 
     if checkpoint["kind"] == "lenet":
         lenet = lenet_of(config)
         lenet.load_state_dict(state)
-        backbone.load_state_dict(lenet_body(lenet).state_dict())
+        backbone.load_state_dict(lenet_body(lenet, config["dense_layers"]).state_dict())
         return f"LeNet of apps.mnist trained on classes {', '.join(checkpoint['hyper_parameters']['label_names'])}"
     encoder = {key[len("encoder.") :]: value for key, value in state.items() if key.startswith("encoder.")}
     backbone[1].load_state_dict(encoder)

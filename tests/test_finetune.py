@@ -75,6 +75,24 @@ def test_project_backbones_load_their_weights_and_size_the_head(backbones, kind:
     assert not torch.equal(first_conv, pretrained)
 
 
+def test_a_finetuned_checkpoint_from_before_the_convolution_backbone_still_loads(backbones) -> None:
+    """Finetuned checkpoints made when a LeNet backbone kept its dense layers have no ``dense_layers`` in their
+    backbone_config: they rebuild that backbone, (B, 84) features, and their weights load whole, backbone file gone."""
+    new = FinetuneClassifier(label_names=["5", "6"], backbone=str(backbones["lenet"]))
+    new.configure_model()
+    assert new.hparams.backbone_config["dense_layers"] is False
+    before = {k: v for k, v in new.hparams.backbone_config.items() if k != "dense_layers"}
+    old = FinetuneClassifier(label_names=["5", "6"], backbone="gone.ckpt", backbone_config=before)
+    old.configure_model()
+    assert (old.head[-1].in_features, new.head[-1].in_features) == (84, 32 * 5 * 5)
+    assert any(key.startswith("backbone.2.") for key in old.state_dict())  # fc120 sits in the backbone
+    again = FinetuneClassifier(**old.hparams)
+    again.configure_model()
+    again.load_state_dict(old.state_dict())  # strict
+    images = torch.randn(3, 1, 28, 28)
+    assert torch.equal(again.eval()(images), old.eval()(images))
+
+
 class FirstWeights(Callback):
     """The backbone's weights as training starts, after every setup hook."""
 
