@@ -2,9 +2,9 @@
 
 The backbone is a torchvision classification model by name (``resnet18``), with the weights of its
 weight enum, or a checkpoint of ``apps.mnist`` or ``apps.autoencoder`` (``models/backbones.py``).
-The head is one linear layer sized from the backbone's output (a LeNet's: its convolutions). The model can train the head alone
-first and the backbone from a given epoch on, at a lower learning rate (``unfreeze_at_epoch``,
-``backbone_lr_factor``).
+The head is one linear layer sized from the backbone's output (a LeNet's: its convolutions). The
+model can train the head alone first and the backbone from a given epoch on, at a lower learning
+rate (``unfreeze_at_epoch``, ``backbone_lr_factor``).
 
 Hooks, as a DataModule's: ``prepare_data`` downloads torchvision weights; ``configure_model`` builds
 the backbone and head and, for ``fit``, loads the pretrained weights. The backbone checkpoint's
