@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import statistics
 import tempfile
@@ -41,9 +42,15 @@ LENET_GOAL, AE_GOAL, FINETUNE_GOAL = 0.92, 0.8, 0.05
 PUBLISHED = "published: 2 conv + pooling 0.876-0.916, HOG + SVM 0.926, ResNet18 0.949"
 
 
-def datamodule(**kwargs) -> MNISTDataModule:
-    """The Fashion-MNIST DataModule the apps build with their defaults, loaded (its [data] line silenced)."""
-    data = MNISTDataModule(dataset="fashion_mnist", data_dir=DATA_DIR, **kwargs)
+def datamodule(val_fraction: float = 0.1) -> MNISTDataModule:
+    """The Fashion-MNIST DataModule the apps build with their defaults, loaded (its [data] line silenced);
+    read once per folder and split, however many rows ask. Read it, never change it."""
+    return loaded(str(Path(DATA_DIR).resolve()), val_fraction)
+
+
+@functools.cache
+def loaded(data_dir: str, val_fraction: float) -> MNISTDataModule:
+    data = MNISTDataModule(dataset="fashion_mnist", data_dir=data_dir, val_fraction=val_fraction)
     with contextlib.redirect_stderr(io.StringIO()):
         data.setup("fit")
     return data
@@ -61,7 +68,13 @@ def training_images() -> tuple[torch.Tensor, torch.Tensor] | None:
     return data.splits["train"].tensors
 
 
-def missing(name: str, goal: str) -> Row:
+def unmeasured(name: str, goal: str, quick: bool, what: str) -> Row | None:
+    """The row in place of a measurement: the quick run's stand-in (``what`` the full run does), or
+    how to get the data when it is not here; None when the row can be measured."""
+    if quick:
+        return full_run_only(name, goal, what)
+    if found():
+        return None
     return not_measured(
         name, goal,
         f"Fashion-MNIST is not in {DATA_DIR}/FashionMNIST/raw nor installed by Debian's dataset-fashion-mnist; "
@@ -107,10 +120,9 @@ def lenet_vs_forest() -> tuple[float, float, float, int]:
 
 def lenet_row(quick: bool) -> Row:
     goal = f">= {LENET_GOAL} and > forest"
-    if quick:
-        return full_run_only(LENET_NAME, goal, "a default `python -m apps.mnist fit --data.dataset=fashion_mnist` and a random forest")
-    if not found():
-        return missing(LENET_NAME, goal)
+    what = "a default `python -m apps.mnist fit --data.dataset=fashion_mnist` and a random forest"
+    if row := unmeasured(LENET_NAME, goal, quick, what):
+        return row
     lenet, forest, seconds, epochs = lenet_vs_forest()
     return Row(
         name=LENET_NAME,
@@ -142,10 +154,9 @@ def autoencoder_vs_pca() -> tuple[float, float, float]:
 
 def autoencoder_row(quick: bool) -> Row:
     goal = f"AE / PCA <= {AE_GOAL}"
-    if quick:
-        return full_run_only(AE_NAME, goal, "a default `python -m apps.autoencoder fit --data.dataset=fashion_mnist` and PCA")
-    if not found():
-        return missing(AE_NAME, goal)
+    what = "a default `python -m apps.autoencoder fit --data.dataset=fashion_mnist` and PCA"
+    if row := unmeasured(AE_NAME, goal, quick, what):
+        return row
     ae, pca, seconds = autoencoder_vs_pca()
     return Row(
         name=AE_NAME,
@@ -189,15 +200,14 @@ def paired(finetuned: list[float], scratch: list[float]) -> tuple[float, float]:
 
 def finetune_row(quick: bool, seeds: tuple[int, ...] = SEEDS) -> Row:
     goal = f"finetuned - scratch >= {FINETUNE_GOAL} on the mean"
-    if quick:
-        return full_run_only(FINETUNE_NAME, goal, f"finetuned and scratch `python -m apps.finetune fit`s on {len(seeds)} seeds")
-    if not found():
-        return missing(FINETUNE_NAME, goal)
+    what = f"finetuned and scratch `python -m apps.finetune fit`s on {len(seeds)} seeds"
+    if row := unmeasured(FINETUNE_NAME, goal, quick, what):
+        return row
     accs, seconds = finetune_vs_scratch(seeds)
     finetuned, scratch = accs["finetuned"], accs["scratch"]
     gain, se = paired(finetuned, scratch)
     per_seed = "; ".join(f"seed {s}: {f:.3f} vs {c:.3f}" for s, f, c in zip(seeds, finetuned, scratch))
-    data = datamodule()  # read once: classes 0-4 are the backbone's, 5-9 the target's
+    data = datamodule()  # classes 0-4 are the backbone's, 5-9 the target's
     names, train_labels, test_labels = data.label_names, data.splits["train"].tensors[1], data.splits["test"].tensors[1]
     return Row(
         name=FINETUNE_NAME,

@@ -307,7 +307,7 @@ class DigitsDataModule(OfflineDataModule):
 
     def present(self) -> bool:
         """Every MNIST file is in ``raw_dir``, extracted or still gzipped."""
-        return idx_files_in(Path(self.hparams.data_dir) / "MNIST" / "raw")
+        return idx_files_in(Path(self.hparams.data_dir) / IDX_DATASETS[self.download_name].folder / "raw")
 
     def prepare_data(self) -> None:
         """Download MNIST, or Fashion-MNIST, if it may be used and is not here, and decompress the ``.gz``
