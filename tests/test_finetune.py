@@ -319,3 +319,22 @@ def test_a_launcher_of_several_processes_gets_the_command_instead(tmp_path: Path
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: --model.backbone runs/pretrained/lenet-digits-0-4.ckpt: no such file; make it first")
     assert "`python -m apps.mnist fit --data.classes=[0,1,2,3,4]" in error and not (tmp_path / "runs/pretrained").exists()
+
+
+def test_linear_probe_reads_the_apps_labelled_images_and_scores_its_test_split(backbones, capsys) -> None:
+    """The readout learns the 50 labelled images `apps.finetune fit --data.seed=S` trains on, labels aligned
+    with their features (shuffled batches included): far above the 0.2 a constant or misaligned readout scores."""
+    from benchmarks import linear_probe
+
+    data = ImageDataModule(dataset="digits", seed=1)
+    data.setup("test")
+    accuracy, n_train, n_test = linear_probe.probe(str(backbones["lenet"]), True, 1, dataset="digits")
+    assert (n_train, n_test) == (50, len(data.splits["test"]))
+    assert accuracy > 0.6
+    linear_probe.main(["--backbone", str(backbones["lenet"]), "--seeds", "0", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["seed 0", "seed 1"]
+    assert lines[2].startswith("linear readout of the frozen features: pretrained 0.") and "paired standard error" in lines[2]
+    with pytest.raises(SystemExit) as exit_:
+        linear_probe.main(["--backbone", "missing.ckpt"])
+    assert exit_.value.code == 2 and capsys.readouterr().err == "error: --backbone missing.ckpt: no such checkpoint file\n"
