@@ -2,6 +2,7 @@
 
     python -m benchmarks.fashion                 # the three quality rows; `python -m benchmarks` takes them too
     python -m benchmarks.fashion --only finetune --seeds 0 1 2 3 4 5 6
+    python -m benchmarks.fashion --only finetune --labels_per_class 5 --seeds 5 6 7 8 9
 
 The data is looked up as ``python -m apps.mnist fit --data.dataset=fashion_mnist`` looks it up: in
 ``data/FashionMNIST/raw``, else in the folder of Debian's ``dataset-fashion-mnist`` package. Without it,
@@ -169,12 +170,19 @@ def autoencoder_row(quick: bool) -> Row:
 
 # -- finetune against scratch -----------------------------------------------------------------------
 
-FINETUNE_NAME = "Finetune vs scratch, Fashion-MNIST classes 5-9 with 10 labels a class, test accuracy"
+LABELS_PER_CLASS = 10  # the finetune app's default label budget
 
 
-def finetune_vs_scratch(seeds: tuple[int, ...] = SEEDS) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Per arm (``benchmarks.finetune_vs_scratch.ARMS``), each seed's test accuracy and `fit` seconds; the
-    backbone (LeNet on classes 0-4) is made once, by the first run, untimed."""
+def finetune_name(labels_per_class: int) -> str:
+    return f"Finetune vs scratch, Fashion-MNIST classes 5-9 with {labels_per_class} labels a class, test accuracy"
+
+
+def finetune_vs_scratch(
+    seeds: tuple[int, ...] = SEEDS, labels_per_class: int = LABELS_PER_CLASS
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per arm (``benchmarks.finetune_vs_scratch.ARMS``), each seed's test accuracy and `fit` seconds with
+    ``labels_per_class`` labelled images of each class; the backbone (LeNet on classes 0-4) is made once,
+    by the first run, untimed."""
     import apps.finetune.__main__ as finetune_app
     from benchmarks.finetune_vs_scratch import ARMS
 
@@ -184,7 +192,8 @@ def finetune_vs_scratch(seeds: tuple[int, ...] = SEEDS) -> tuple[dict[str, list[
         fit_metrics(finetune_app.main, [*DATA_ARGS, "--trainer.max_epochs=1"])  # makes the pretrained backbone
         for seed in seeds:
             for name, extra in ARMS.items():
-                metrics, took = fit_metrics(finetune_app.main, [*DATA_ARGS, f"--data.seed={seed}", f"--seed_everything={seed}", *extra])
+                args = [*DATA_ARGS, f"--data.labels_per_class={labels_per_class}", f"--data.seed={seed}", f"--seed_everything={seed}"]
+                metrics, took = fit_metrics(finetune_app.main, [*args, *extra])
                 accs[name].append(metrics["test/acc"])
                 seconds[name].append(took)
         return accs, seconds
@@ -198,19 +207,19 @@ def paired(finetuned: list[float], scratch: list[float]) -> tuple[float, float]:
     return statistics.mean(gains), statistics.stdev(gains) / len(gains) ** 0.5
 
 
-def finetune_row(quick: bool, seeds: tuple[int, ...] = SEEDS) -> Row:
+def finetune_row(quick: bool, seeds: tuple[int, ...] = SEEDS, labels_per_class: int = LABELS_PER_CLASS) -> Row:
     goal = f"finetuned - scratch >= {FINETUNE_GOAL} on the mean"
     what = f"finetuned and scratch `python -m apps.finetune fit`s on {len(seeds)} seeds"
-    if row := unmeasured(FINETUNE_NAME, goal, quick, what):
+    if row := unmeasured(finetune_name(labels_per_class), goal, quick, what):
         return row
-    accs, seconds = finetune_vs_scratch(seeds)
+    accs, seconds = finetune_vs_scratch(seeds, labels_per_class)
     finetuned, scratch = accs["finetuned"], accs["scratch"]
     gain, se = paired(finetuned, scratch)
     per_seed = "; ".join(f"seed {s}: {f:.3f} vs {c:.3f}" for s, f, c in zip(seeds, finetuned, scratch))
     data = datamodule()  # classes 0-4 are the backbone's, 5-9 the target's
     names, train_labels, test_labels = data.label_names, data.splits["train"].tensors[1], data.splits["test"].tensors[1]
     return Row(
-        name=FINETUNE_NAME,
+        name=finetune_name(labels_per_class),
         measured=(
             f"{mean_std(finetuned)} vs {mean_std(scratch)}: {gain:+.3f} on the mean (paired standard error {se:.3f}), "
             f"finetuned ahead on {sum(f > c for f, c in zip(finetuned, scratch))} of {len(seeds)} seeds"
@@ -219,7 +228,7 @@ def finetune_row(quick: bool, seeds: tuple[int, ...] = SEEDS) -> Row:
         met=gain >= FINETUNE_GOAL,
         data=(
             f"Fashion-MNIST: backbone LeNet pretrained on classes 0-4 ({', '.join(names[:5])}: "
-            f"{int((train_labels < 5).sum()):,} training images); 50 labelled images of {', '.join(names[5:])} "
+            f"{int((train_labels < 5).sum()):,} training images); {5 * labels_per_class} labelled images of {', '.join(names[5:])} "
             f"a seed, {int((test_labels >= 5).sum()):,} test images ({per_seed}); `fit` "
             f"{statistics.mean(seconds['finetuned']):.0f} s finetuned, {statistics.mean(seconds['scratch']):.0f} s scratch"
         ),
@@ -233,11 +242,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fashion", description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(ROWS), action="append", help="measure only this row (repeatable)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="finetune's seeds (at least two)")
+    parser.add_argument("--labels_per_class", type=int, default=LABELS_PER_CLASS, help="finetune's label budget")
     args = parser.parse_args()
     if len(args.seeds) < 2:
         parser.error("--seeds: give at least two, for a standard error")
     for name in args.only or ROWS:
-        row = finetune_row(False, tuple(args.seeds)) if name == "finetune" else ROWS[name](False)
+        row = finetune_row(False, tuple(args.seeds), args.labels_per_class) if name == "finetune" else ROWS[name](False)
         print(row.markdown(), flush=True)
 
 
