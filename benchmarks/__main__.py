@@ -65,6 +65,7 @@ MEASURES: list[tuple[str, Measure]] = [
     ("Fashion-MNIST LeNet vs forest", fashion.lenet_row),
     ("Fashion-MNIST AE vs PCA", fashion.autoencoder_row),
     ("Fashion-MNIST finetune vs scratch", fashion.finetune_row),
+    ("Fashion-MNIST finetune vs scratch, 5 labels", fashion.few_labels_row),
     # On a machine without CUDA, each GPU entry is one row marked not measured.
     ("GPU data path", gpu.lenet_data_path),
     ("GPU precision and compile", gpu.lenet_precision_and_compile),

@@ -235,6 +235,15 @@ def finetune_row(quick: bool, seeds: tuple[int, ...] = SEEDS, labels_per_class: 
     )
 
 
+# The transfer the issue allows in place of 10 labels: 5 a class, on seeds 5-9, since seeds 0-4 picked the
+# budget (docs/fashion_mnist.md).
+FEW_LABELS, FRESH_SEEDS = 5, (5, 6, 7, 8, 9)
+
+
+def few_labels_row(quick: bool) -> Row:
+    return finetune_row(quick, FRESH_SEEDS, FEW_LABELS)
+
+
 ROWS = {"lenet": lenet_row, "autoencoder": autoencoder_row, "finetune": finetune_row}
 
 
